@@ -1,0 +1,50 @@
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read(*parts):
+    with open(os.path.join(HERE, *parts), encoding="utf-8") as fh:
+        return fh.read()
+
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', read("sync_gateway", "_version.py"), re.M).group(1)
+
+TESTING = ["websockets>=13.0"]
+ZSTD = ["zstandard>=0.22"]
+
+setup(
+    name="sync-gateway",
+    version=VERSION,
+    description="A Discord Gateway client on plain threads, for programs that do not run asyncio",
+    long_description=read("README.rst"),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    packages=find_packages(include=["sync_gateway", "sync_gateway.*"]),
+    package_data={"sync_gateway": ["py.typed"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "websocket-client>=1.6",
+        "requests>=2.25",
+        "tenacity>=8.2",
+    ],
+    extras_require={
+        "zstd": ZSTD,
+        "redis": ["redis>=4.5"],
+        "speed": ["orjson>=3.9"],
+        "testing": TESTING,
+        "test": TESTING
+        + ZSTD
+        + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80"],
+    },
+    entry_points={"console_scripts": ["sync-gateway=sync_gateway.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Intended Audience :: Developers",
+        "Topic :: Communications :: Chat",
+    ],
+)

@@ -1,0 +1,44 @@
+"""sync_gateway: a Discord Gateway client on plain threads, for programs that do not run asyncio.
+
+``start()`` returns at once, ``run_forever()`` blocks, ``close()`` joins every thread. See README.rst.
+"""
+from ._version import __version__
+from .client import GatewayClient
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    FatalGatewayError,
+    GatewayError,
+    GatewayUnreachable,
+    HTTPError,
+    PayloadTooLarge,
+    SessionStartLimitReached,
+)
+from .intents import Intents
+from .protocol import CLOSE_CODES, Dispatch, LifecycleConfig, LifecycleEvent, Op, Session, Status
+from .ratelimit import IdentifyGate, MemoryIdentifyGate, Permit, SendWindow
+
+__all__ = [
+    "__version__",
+    "GatewayClient",
+    "Intents",
+    "LifecycleConfig",
+    "Dispatch",
+    "LifecycleEvent",
+    "Status",
+    "Session",
+    "Op",
+    "CLOSE_CODES",
+    "IdentifyGate",
+    "MemoryIdentifyGate",
+    "Permit",
+    "SendWindow",
+    "GatewayError",
+    "FatalGatewayError",
+    "PayloadTooLarge",
+    "ConfigError",
+    "HTTPError",
+    "AuthenticationError",
+    "GatewayUnreachable",
+    "SessionStartLimitReached",
+]

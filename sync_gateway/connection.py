@@ -1,0 +1,291 @@
+"""One gateway socket and its reader thread (DESIGN.md: "A Connection is disposable").
+
+The reader thread connects (TCP, TLS, websocket handshake), then reads, inflates and decodes
+frames and *posts* them to the supervisor stamped with the socket's epoch. It never touches
+lifecycle state and never runs user code. Its very last post is ``closed``, sent after the OS
+socket is closed, so the supervisor knows that the socket can no longer carry anything.
+
+We create and connect the OS socket ourselves and hand it to websocket-client (``socket=``), so
+that :meth:`Connection.abort` can ``shutdown()`` and ``close()`` it at any moment — even during the
+TLS or websocket handshake, which websocket-client itself offers no way to interrupt.
+"""
+import socket
+import ssl
+import struct
+import threading
+from typing import Any, Callable, Optional, Tuple
+from urllib.parse import urlsplit
+
+import websocket
+
+from ._log import get_logger
+from ._version import __version__
+from .codec import CompressionError, DecodeError, Decoder
+from .ratelimit import SendWindow
+
+log = get_logger(__name__)
+
+#: What the reader posts: ("opened", epoch) | ("frame", epoch, payload) | ("bad_frame", epoch, text)
+#: | ("closed", epoch, code, reason, error)
+Post = Callable[[Tuple[Any, ...]], None]
+
+_OP_TEXT = websocket.ABNF.OPCODE_TEXT
+_OP_BINARY = websocket.ABNF.OPCODE_BINARY
+_OP_CONT = websocket.ABNF.OPCODE_CONT
+_OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
+_OP_PING = websocket.ABNF.OPCODE_PING
+
+#: A single websocket message larger than this is refused (the socket is dropped).
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class Connection:
+    """A single websocket to the gateway, identified by its epoch."""
+
+    def __init__(
+        self,
+        epoch: int,
+        url: str,
+        post: Post,
+        *,
+        shard_id: int = 0,
+        compress: Optional[str] = None,
+        connect_timeout: float = 20.0,
+        ssl_context: Optional[ssl.SSLContext] = None,
+    ) -> None:
+        self.epoch = epoch
+        self.url = url
+        self.shard_id = shard_id
+        self._post = post
+        self._decoder = Decoder(compress)
+        self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+        self._sock: Optional[socket.socket] = None
+        self._ws: Optional[websocket.WebSocket] = None
+        self._lock = threading.Lock()  # guards _sock/_aborted between the reader and abort()
+        self._send_lock = threading.Lock()
+        self._aborted = False
+        self._close_sent: Optional[int] = None
+        self.window = SendWindow()
+        self.opened = threading.Event()
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"sync_gateway-reader-s{shard_id}-e{epoch}", daemon=True)
+
+    def __repr__(self) -> str:
+        host = urlsplit(self.url).hostname
+        return f"<Connection e{self.epoch} {host} {'ended' if self.ended.is_set() else 'open' if self.opened.is_set() else 'connecting'}>"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # ------------------------------------------------------------------ supervisor side
+
+    def send_text(self, text: str) -> None:
+        """Send one text frame. Raises OSError/WebSocketException if the socket is gone."""
+        ws = self._ws
+        if ws is None or not self.opened.is_set():
+            raise ConnectionError(f"socket e{self.epoch} is not open")
+        with self._send_lock:
+            ws.send(text)
+
+    def send_close(self, code: int, reason: str = "") -> None:
+        """Send a close frame (best effort; never blocks on the peer's answer)."""
+        ws = self._ws
+        if ws is None or self._close_sent is not None:
+            return
+        self._close_sent = code
+        try:
+            with self._send_lock:
+                ws.send(struct.pack("!H", code) + reason.encode("utf-8")[:120], _OP_CLOSE)
+        except (OSError, websocket.WebSocketException) as exc:
+            log.debug("e%d: close frame not sent: %s", self.epoch, exc)
+
+    def set_read_timeout(self, seconds: float) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.settimeout(seconds)
+            except OSError:
+                pass
+
+    def abort(self) -> None:
+        """Hard close: shut down and close the OS socket; the reader's next read fails."""
+        with self._lock:
+            self._aborted = True
+            sock = self._sock
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _run(self) -> None:
+        code: Optional[int] = None
+        reason = ""
+        error: Optional[str] = None
+        try:
+            self._connect()
+            self.opened.set()
+            self._post(("opened", self.epoch))
+            code, reason = self._read_loop()
+        except _Aborted:
+            error = "closed by us"
+        except CompressionError as exc:
+            error = f"protocol error: {exc}"
+            log.warning("shard %d: e%d: %s; dropping the socket", self.shard_id, self.epoch, exc)
+        except (OSError, websocket.WebSocketException, ssl.SSLError, ValueError) as exc:
+            if self._aborted:
+                error = "closed by us"
+            else:
+                error = _describe_error(exc, self.opened.is_set())
+                log.debug("shard %d: e%d reader ended: %s", self.shard_id, self.epoch, error)
+        except Exception as exc:  # a bug of ours: report it, still post "closed"
+            error = f"reader error: {exc!r}"
+            log.exception("shard %d: e%d reader failed", self.shard_id, self.epoch)
+        finally:
+            self._close_os_socket()
+            self.ended.set()
+            self._post(("closed", self.epoch, code, reason, error))
+
+    def _connect(self) -> None:
+        parts = urlsplit(self.url)
+        secure = parts.scheme == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        last: Optional[BaseException] = None
+        for family, socktype, proto, _name, addr in infos:
+            sock = socket.socket(family, socktype, proto)
+            with self._lock:
+                if self._aborted:
+                    sock.close()
+                    raise _Aborted()
+                self._sock = sock
+            try:
+                sock.settimeout(self._connect_timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.connect(addr)
+                break
+            except OSError as exc:
+                last = exc
+                sock.close()
+                with self._lock:
+                    self._sock = None
+                    if self._aborted:
+                        raise _Aborted() from None
+        else:
+            raise last or OSError(f"no address for {host}")
+        if secure:
+            context = self._ssl_context or ssl.create_default_context()
+            tls = context.wrap_socket(self._sock, server_hostname=host)  # certificate and host verified
+            with self._lock:
+                self._sock = tls
+                if self._aborted:
+                    raise _Aborted()
+        ws = websocket.WebSocket(skip_utf8_validation=True)
+        ws.connect(
+            self.url,
+            socket=self._sock,
+            timeout=self._connect_timeout,
+            suppress_origin=True,
+            header=[f"User-Agent: sync_gateway/{__version__}"],
+        )
+        self._ws = ws
+        if self._aborted:
+            raise _Aborted()
+
+    def _read_loop(self) -> Tuple[Optional[int], str]:
+        ws = self._ws
+        assert ws is not None
+        recv_frame = ws.recv_frame
+        decoder = self._decoder
+        post = self._post
+        epoch = self.epoch
+        fragments: list = []
+        fragment_op = 0
+        size = 0
+        while True:
+            frame = recv_frame()
+            opcode = frame.opcode
+            if opcode == _OP_TEXT or opcode == _OP_BINARY:
+                if not frame.fin:
+                    fragments, fragment_op, size = [frame.data], opcode, len(frame.data)
+                    continue
+                data = frame.data
+            elif opcode == _OP_CONT:
+                if not fragments:
+                    raise websocket.WebSocketProtocolException("continuation frame without a start")
+                fragments.append(frame.data)
+                size += len(frame.data)
+                if size > MAX_MESSAGE_BYTES:
+                    raise websocket.WebSocketProtocolException(f"message over {MAX_MESSAGE_BYTES} bytes")
+                if not frame.fin:
+                    continue
+                data, opcode, fragments = b"".join(fragments), fragment_op, []
+            elif opcode == _OP_CLOSE:
+                return self._on_close_frame(frame.data)
+            elif opcode == _OP_PING:
+                with self._send_lock:
+                    ws.pong(frame.data)
+                continue
+            else:
+                continue
+            try:
+                payload = decoder.feed(data, opcode == _OP_BINARY)
+            except DecodeError as exc:
+                post(("bad_frame", epoch, str(exc)))
+                continue
+            if payload is not None:
+                post(("frame", epoch, payload))
+
+    def _on_close_frame(self, data: bytes) -> Tuple[Optional[int], str]:
+        code: Optional[int] = None
+        reason = ""
+        if len(data) >= 2:
+            code = struct.unpack("!H", data[:2])[0]
+            reason = data[2:].decode("utf-8", "replace")
+        if self._close_sent is None:
+            # Answer the peer's close. Never with 1000: that would drop a session we may resume.
+            self.send_close(4000)
+        return code, reason
+
+    def _close_os_socket(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+class _Aborted(Exception):
+    pass
+
+
+def _describe_error(exc: BaseException, opened: bool) -> str:
+    if isinstance(exc, websocket.WebSocketTimeoutException) or isinstance(exc, socket.timeout):
+        return "read timeout" if opened else "connect timeout"
+    if isinstance(exc, websocket.WebSocketConnectionClosedException):
+        return "connection lost"
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        return f"handshake refused: HTTP {getattr(exc, 'status_code', '?')}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {exc.verify_message}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc}"
+    return f"{type(exc).__name__}: {exc}" if opened else f"connect failed: {type(exc).__name__}: {exc}"

@@ -1,0 +1,200 @@
+"""Handler registry and the dispatcher thread: user code runs here and nowhere else.
+
+A slow handler delays later events, never a heartbeat: heartbeats are the supervisor's. Handlers
+that raise are logged with the event and handler named, and the thread goes on.
+"""
+import collections
+import inspect
+import re
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+
+from ._log import get_logger
+from .protocol import Dispatch, LifecycleEvent
+
+log = get_logger(__name__)
+
+Handler = Callable[[Dispatch], Any]
+LifecycleHandler = Callable[[LifecycleEvent], Any]
+
+_EVENT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+#: A handler running longer than this (seconds) gets a WARNING naming it.
+SLOW_HANDLER_SECONDS = 5.0
+#: When more events than this wait for the handlers, a WARNING says so (again each time it doubles).
+BACKLOG_WARNING = 10_000
+
+_STOP = object()
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+class Registry:
+    """Event name -> handlers. Copy-on-write tuples, so the dispatcher iterates without a lock and
+    ``on``/``off`` are safe from any thread, including from inside a handler."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handlers: Dict[str, Tuple[Handler, ...]] = {}
+        self._lifecycle: Tuple[LifecycleHandler, ...] = ()
+
+    @staticmethod
+    def _check(fn: Any, what: str) -> None:
+        if not callable(fn):
+            raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
+        target = getattr(fn, "__func__", fn)
+        if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+            raise TypeError(
+                f"{_name_of(fn)} is an async function; sync_gateway runs handlers on a plain thread, "
+                "so it would never run. Use a normal def (or asyncio.run_coroutine_threadsafe inside one)."
+            )
+
+    def add(self, name: str, fn: Handler) -> None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"event name must be a non-empty str, got {name!r}")
+        self._check(fn, "handler")
+        if name != "*" and not _EVENT_NAME.match(name):
+            log.warning(
+                "handler %s registered for %r: gateway event names are upper case like 'MESSAGE_CREATE'; "
+                "it will only run for an event of exactly that name",
+                _name_of(fn),
+                name,
+            )
+        with self._lock:
+            self._handlers[name] = self._handlers.get(name, ()) + (fn,)
+
+    def remove(self, name: str, fn: Handler) -> bool:
+        with self._lock:
+            current = self._handlers.get(name, ())
+            if fn not in current:
+                return False
+            items = list(current)
+            items.remove(fn)
+            if items:
+                self._handlers[name] = tuple(items)
+            else:
+                del self._handlers[name]
+            return True
+
+    def add_lifecycle(self, fn: LifecycleHandler) -> None:
+        self._check(fn, "lifecycle handler")
+        with self._lock:
+            self._lifecycle = self._lifecycle + (fn,)
+
+    def remove_lifecycle(self, fn: LifecycleHandler) -> bool:
+        with self._lock:
+            if fn not in self._lifecycle:
+                return False
+            items = list(self._lifecycle)
+            items.remove(fn)
+            self._lifecycle = tuple(items)
+            return True
+
+    def handlers_for(self, name: str) -> Tuple[Handler, ...]:
+        h = self._handlers
+        specific = h.get(name, ())
+        wildcard = h.get("*", ())
+        return specific + wildcard if wildcard else specific
+
+    def has(self, name: str) -> bool:
+        return name in self._handlers
+
+    @property
+    def lifecycle(self) -> Tuple[LifecycleHandler, ...]:
+        return self._lifecycle
+
+
+class Dispatcher:
+    """Runs handlers, in arrival order, on one thread of its own."""
+
+    def __init__(self, registry: Registry, *, name: str = "sync_gateway-dispatch-s0") -> None:
+        self.registry = registry
+        self._queue: Deque[Any] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting = False
+        self._backlog_warned_at = 0
+        self.delivered = 0
+        self.handler_errors = 0
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def put(self, item: Union[Dispatch, LifecycleEvent]) -> None:
+        with self._cond:
+            self._queue.append(item)
+            if self._waiting:
+                self._cond.notify()
+        n = len(self._queue)
+        if n > BACKLOG_WARNING and n > 2 * self._backlog_warned_at:
+            self._backlog_warned_at = n
+            log.warning(
+                "%d events are waiting for handlers; a handler is too slow for the event rate "
+                "(hand long work to your own ThreadPoolExecutor)",
+                n,
+            )
+
+    def put_many(self, items: List[Union[Dispatch, LifecycleEvent]]) -> None:
+        if not items:
+            return
+        with self._cond:
+            self._queue.extend(items)
+            if self._waiting:
+                self._cond.notify()
+
+    def stop(self) -> None:
+        """Let the queued items run, then end the thread."""
+        with self._cond:
+            self._queue.append(_STOP)
+            self._cond.notify()
+
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def _run(self) -> None:
+        queue = self._queue
+        cond = self._cond
+        while True:
+            with cond:
+                while not queue:
+                    self._waiting = True
+                    cond.wait()
+                    self._waiting = False
+                batch = list(queue)
+                queue.clear()
+            if len(batch) < BACKLOG_WARNING:
+                self._backlog_warned_at = 0
+            for item in batch:
+                if item is _STOP:
+                    return
+                if isinstance(item, Dispatch):
+                    handlers = self.registry.handlers_for(item.name)
+                    self.delivered += 1
+                    for fn in handlers:
+                        self._call(fn, item, item.name)
+                else:
+                    for fn in self.registry.lifecycle:
+                        self._call(fn, item, f"lifecycle {item.kind}")
+
+    def _call(self, fn: Callable[[Any], Any], arg: Any, what: str) -> None:
+        started = time.monotonic()
+        try:
+            fn(arg)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("handler %s raised on %s; continuing", _name_of(fn), what)
+        elapsed = time.monotonic() - started
+        if elapsed > SLOW_HANDLER_SECONDS:
+            log.warning(
+                "handler %s took %.1fs on %s; later events waited (heartbeats did not). "
+                "Hand long work to a ThreadPoolExecutor.",
+                _name_of(fn),
+                elapsed,
+                what,
+            )
+
+
+def handler_name(fn: Optional[Callable[..., Any]]) -> str:
+    return _name_of(fn) if fn is not None else "None"

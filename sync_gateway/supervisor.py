@@ -1,0 +1,277 @@
+"""The supervisor thread: the only writer of lifecycle state (DESIGN.md "The shape").
+
+One thread, one ``threading.Condition``, one loop::
+
+    wait(timeout=next_deadline) -> handle posted items -> fire due deadlines -> execute actions
+
+Readers, user calls and the clock only *post*; :class:`~sync_gateway.protocol.ShardMachine`
+decides; this module performs the I/O the machine asks for. Heartbeats, the HELLO and READY
+deadlines, ACK checks and backoff sleeps are all deadlines of that loop, so ``close()`` interrupts
+any of them at once.
+"""
+import collections
+import threading
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from ._log import get_logger
+from .codec import encode
+from .connection import Connection
+from .dispatch import Dispatcher
+from .protocol import (
+    AbortSocket,
+    Action,
+    CloseSocket,
+    Deliver,
+    Emit,
+    Open,
+    OrphanReader,
+    SendHeartbeat,
+    SendIdentify,
+    SendResume,
+    SetReadTimeout,
+    ShardMachine,
+    Status,
+    Stopped,
+)
+from .protocol import heartbeat as heartbeat_payload
+from .protocol import resume as resume_payload
+from .ratelimit import IdentifyGate
+
+log = get_logger(__name__)
+
+ConnectionFactory = Callable[..., Connection]
+
+
+class Supervisor:
+    """Runs one shard's :class:`ShardMachine` on a thread of its own."""
+
+    def __init__(
+        self,
+        machine: ShardMachine,
+        dispatcher: Dispatcher,
+        *,
+        identify: Callable[[], Dict[str, Any]],
+        token: str,
+        compress: Optional[str],
+        gate: IdentifyGate,
+        max_concurrency: int = 1,
+        connection_factory: Optional[ConnectionFactory] = None,
+        on_change: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.machine = machine
+        self.dispatcher = dispatcher
+        self.shard_id = machine.shard_id
+        self._identify = identify
+        self._token = token
+        self._compress = compress
+        self._gate = gate
+        self._max_concurrency = max_concurrency
+        self._factory: ConnectionFactory = connection_factory or Connection
+        self._on_change = on_change
+
+        self._cond = threading.Condition(threading.Lock())
+        self._inbox: Deque[Tuple[Any, ...]] = collections.deque()
+        self._state_lock = threading.Lock()  # held while the machine changes; status() reads under it
+        self.state_changed = threading.Condition(threading.Lock())
+        self.connections: Dict[int, Connection] = {}
+        self.orphans: List[Connection] = []
+        self.ready_connection: Optional[Connection] = None
+        self.error: Optional[BaseException] = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"sync_gateway-supervisor-s{self.shard_id}", daemon=True)
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self) -> None:
+        self.post(("start",))
+        self.thread.start()
+
+    def post(self, item: Tuple[Any, ...]) -> None:
+        with self._cond:
+            self._inbox.append(item)
+            self._cond.notify()
+
+    def status(self) -> Status:
+        with self._state_lock:
+            return self.machine.status()
+
+    def readers(self) -> List[Connection]:
+        return list(self.connections.values())
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        machine = self.machine
+        cond = self._cond
+        inbox = self._inbox
+        try:
+            while True:
+                with cond:
+                    while not inbox:
+                        deadline = machine.next_deadline()
+                        if deadline is None:
+                            cond.wait()
+                            continue
+                        timeout = deadline - time.monotonic()
+                        if timeout <= 0:
+                            break
+                        cond.wait(timeout)
+                    items = list(inbox)
+                    inbox.clear()
+                phase_before = machine.phase
+                now = time.monotonic()
+                with self._state_lock:
+                    actions: List[Action] = []
+                    for item in items:
+                        actions += self._feed(item, now)
+                    actions += machine.tick(now)
+                if actions and self._execute(actions):
+                    break
+                if machine.phase is not phase_before:
+                    self._notify()
+        except Exception as exc:  # a bug of ours: never die silently, never leave users hanging
+            log.exception("shard %d: supervisor failed", self.shard_id)
+            self.error = exc
+            for conn in list(self.connections.values()):
+                conn.abort()
+        finally:
+            self._shutdown_readers()
+            self.stopped.set()
+            self._notify()
+
+    def _feed(self, item: Tuple[Any, ...], now: float) -> List[Action]:
+        m = self.machine
+        kind = item[0]
+        if kind == "frame":
+            return m.frame(item[1], item[2], now)
+        if kind == "opened":
+            return m.opened(item[1], now)
+        if kind == "closed":
+            conn = self.connections.pop(item[1], None)
+            if conn is not None:
+                conn.thread.join(0.5)  # it posts "closed" as its last act; this returns at once
+            return m.closed(item[1], now, code=item[2], reason=item[3], error=item[4])
+        if kind == "bad_frame":
+            return m.protocol_error(item[1], item[2], now)
+        if kind == "reconnect":
+            return m.request_reconnect(now, fresh=item[1], reason=item[2])
+        if kind == "stop":
+            return m.request_stop(now, code=item[1], budget=item[2])
+        if kind == "start":
+            return m.start(now)
+        if kind == "identify_deferred":
+            return m.identify_deferred(item[1], item[2], item[3], now)
+        raise AssertionError(f"unknown supervisor item {item!r}")
+
+    def _execute(self, actions: List[Action]) -> bool:
+        """Perform the machine's actions in order; True when the loop must end."""
+        deliveries: List[Any] = []
+        done = False
+        i = 0
+        while i < len(actions):
+            a = actions[i]
+            i += 1
+            if isinstance(a, Deliver):
+                deliveries.append(a.dispatch)
+                continue
+            if isinstance(a, Emit):
+                deliveries.append(a.event)
+                continue
+            if deliveries:
+                self.dispatcher.put_many(deliveries)
+                deliveries = []
+            if isinstance(a, SendHeartbeat):
+                self._send(a.epoch, heartbeat_payload(a.seq), "heartbeat")
+            elif isinstance(a, SendIdentify):
+                more = self._send_identify(a.epoch)
+                actions[i:i] = more
+            elif isinstance(a, SendResume):
+                self._send(a.epoch, resume_payload(self._token, a.session_id, a.seq), "RESUME")
+            elif isinstance(a, Open):
+                self._open(a)
+            elif isinstance(a, CloseSocket):
+                conn = self.connections.get(a.epoch)
+                if self.ready_connection is conn:
+                    self.ready_connection = None
+                if conn is not None:
+                    log.debug("shard %d: e%d closing with %d (%s)", self.shard_id, a.epoch, a.code, a.reason)
+                    conn.send_close(a.code, a.reason)
+            elif isinstance(a, AbortSocket):
+                conn = self.connections.get(a.epoch)
+                if conn is not None:
+                    if self.ready_connection is conn:
+                        self.ready_connection = None
+                    conn.abort()
+            elif isinstance(a, OrphanReader):
+                conn = self.connections.pop(a.epoch, None)
+                if conn is not None:
+                    self.orphans.append(conn)
+            elif isinstance(a, SetReadTimeout):
+                conn = self.connections.get(a.epoch)
+                if conn is not None:
+                    conn.set_read_timeout(a.seconds)
+            elif isinstance(a, Stopped):
+                self.error = a.error
+                done = True
+        if deliveries:
+            self.dispatcher.put_many(deliveries)
+        # the live socket may take user sends once the session is established
+        live = self.machine.live_epoch
+        self.ready_connection = (
+            self.connections.get(live) if live is not None and self.machine.phase.value == "ready" else None
+        )
+        return done
+
+    def _open(self, a: Open) -> None:
+        conn = self._factory(
+            a.epoch,
+            a.url,
+            self.post,
+            shard_id=self.shard_id,
+            compress=self._compress,
+            connect_timeout=self.machine.config.hello_timeout,
+        )
+        self.connections[a.epoch] = conn
+        log.debug("shard %d: opening e%d (%s)", self.shard_id, a.epoch, "resume" if a.resume else "identify")
+        conn.start()
+
+    def _send(self, epoch: int, payload: Dict[str, Any], what: str) -> None:
+        conn = self.connections.get(epoch)
+        if conn is None:
+            return
+        conn.window.try_acquire(priority=True)  # recorded so user sends see the true window
+        try:
+            conn.send_text(encode(payload))
+            log.debug("shard %d: e%d sent %s", self.shard_id, epoch, what)
+        except (OSError, ConnectionError, Exception) as exc:  # the reader will report the dead socket
+            log.debug("shard %d: e%d %s not sent: %s", self.shard_id, epoch, what, exc)
+
+    def _send_identify(self, epoch: int) -> List[Action]:
+        permit = self._gate.try_acquire(self.shard_id, self._max_concurrency)
+        if permit.wait > 0:
+            with self._state_lock:
+                return self.machine.identify_deferred(epoch, permit.wait, permit.reason, time.monotonic())
+        self._send(epoch, self._identify(), "IDENTIFY")
+        return []
+
+    def _notify(self) -> None:
+        with self.state_changed:
+            self.state_changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
+
+    def _shutdown_readers(self) -> None:
+        """On the way out: every socket still known is closed; readers get a bounded join."""
+        conns = list(self.connections.values())
+        for conn in conns:
+            conn.abort()
+        deadline = time.monotonic() + self.machine.config.force_close_timeout
+        for conn in conns:
+            conn.thread.join(max(0.0, deadline - time.monotonic()))
+            if conn.thread.is_alive():
+                self.orphans.append(conn)
+                with self._state_lock:
+                    self.machine.orphaned_readers += 1
+        self.connections.clear()
+        self.ready_connection = None
