@@ -246,7 +246,7 @@ class GatewayClient:
             return self._gateway_url
         from .rest import RestClient
 
-        with RestClient(self._token, self._api_base) as rest:
+        with RestClient(self._token, self._api_base, max_retries=3, retry_base=0.25, retry_max=2.0) as rest:
             info = rest.get_gateway_bot()
         if not isinstance(info, Mapping) or not isinstance(info.get("url"), str):
             raise GatewayError("GET /gateway/bot answered without a gateway url")

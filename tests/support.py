@@ -1,0 +1,68 @@
+"""Helpers shared by the integration tests (imported as ``support``)."""
+import threading
+import time
+
+from sync_gateway import LifecycleConfig
+
+TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.fake-token.for-tests-only-xyz"
+
+#: Timeouts short enough for tests, long enough for a slow shared 2-core machine.
+FAST = LifecycleConfig(
+    hello_timeout=3.0,
+    ready_timeout=3.0,
+    drain_timeout=1.0,
+    force_close_timeout=0.5,
+    backoff_base=0.05,
+    backoff_max=0.2,
+    invalid_session_delay=(0.05, 0.1),
+)
+
+
+class Recorder:
+    """Collects dispatches and lifecycle events from the dispatcher thread; tests wait on it."""
+
+    def __init__(self, client=None):
+        self.cond = threading.Condition()
+        self.events = []
+        self.lifecycle = []
+        self.threads = set()
+        if client is not None:
+            client.on("*", self.on_event)
+            client.on_lifecycle(self.on_lifecycle)
+
+    def on_event(self, event):
+        with self.cond:
+            self.events.append(event)
+            self.threads.add(threading.current_thread().name)
+            self.cond.notify_all()
+
+    def on_lifecycle(self, event):
+        with self.cond:
+            self.lifecycle.append(event)
+            self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout=10.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"timed out waiting for {what}; lifecycle={self.kinds()}")
+                self.cond.wait(remaining)
+
+    def wait_kind(self, kind, count=1, timeout=10.0):
+        self.wait_for(lambda r: r.kinds().count(kind) >= count, timeout, f"{count}x lifecycle {kind}")
+
+    def wait_events(self, name, count, timeout=10.0):
+        self.wait_for(lambda r: len(r.named(name)) >= count, timeout, f"{count}x {name}")
+
+    def kinds(self):
+        return [e.kind for e in self.lifecycle]
+
+    def named(self, name):
+        return [e for e in self.events if e.name == name]
+
+    def seqs(self, name="MESSAGE_CREATE"):
+        return [e.seq for e in self.named(name)]
+
+
