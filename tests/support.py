@@ -66,3 +66,40 @@ class Recorder:
         return [e.seq for e in self.named(name)]
 
 
+
+
+def handshakes(gateway):
+    """'I' or 'R' per connection, in order: which handshake each socket carried ('-' for none)."""
+    out = []
+    for conn in gateway.connections:
+        out.append("I" if conn.identify is not None else "R" if conn.resume is not None else "-")
+    return out
+
+
+def stuck_reader_factory(release, epochs=None):
+    """A Connection whose reader will not die after its socket is closed, until *release* is set.
+
+    It stands for a reader stuck in a library call; the OS socket is still closed by the
+    supervisor's hard close, so no second live socket can exist.
+    """
+    from sync_gateway.connection import Connection
+
+    class StuckConnection(Connection):
+        def _close_os_socket(self):
+            super()._close_os_socket()
+            if epochs is None or self.epoch in epochs:
+                release.wait(30)
+
+    return StuckConnection
+
+
+def wait_until(predicate, timeout=5.0, step=0.01):
+    """For state that has no event to wait on (another process's view, a counter): check in short
+    Event waits until *predicate* holds or *timeout* passes."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(step)
+    return True
