@@ -1,0 +1,219 @@
+"""Every recovery path of the supervisor on real loopback sockets (issue: the lifecycle supervisor)."""
+import dataclasses
+import logging
+import threading
+import time
+
+import pytest
+
+import sync_gateway as sg
+from sync_gateway.testing import FakeGateway, FreezingProxy
+from support import FAST, TOKEN, Recorder, handshakes, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def fast_gate():
+    return sg.MemoryIdentifyGate(interval=0, margin=0)
+
+
+@pytest.fixture
+def proxied(gateway):
+    """(proxy, make) where make(**kw) -> (client, recorder) connects through the freezing proxy."""
+    clients = []
+    with FreezingProxy("127.0.0.1", gateway.port) as proxy:
+        gateway.resume_gateway_url = proxy.url
+
+        def make(**kw):
+            kw.setdefault("config", FAST)
+            kw.setdefault("identify_gate", fast_gate())
+            client = sg.GatewayClient(TOKEN, gateway_url=proxy.url, **kw)
+            clients.append(client)
+            return client, Recorder(client)
+
+        yield proxy, make
+        for c in clients:
+            c.close(timeout=5)
+
+
+def test_forced_fresh_reconnect_with_frozen_socket_identifies_in_time_one_live_socket(gateway, proxied):
+    proxy, make = proxied
+    client, rec = make()
+    client.start()
+    assert client.wait_until_ready(10)
+    gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(10)])
+    rec.wait_events("MESSAGE_CREATE", 10)
+    proxy.freeze()
+    started = time.monotonic()
+    client.reconnect(fresh=True)
+    second = gateway.wait_for_connections(2, 10)
+    second.wait_for(op=2, timeout=10)
+    took = time.monotonic() - started
+    assert took < FAST.drain_timeout + FAST.force_close_timeout + 1.0, took
+    assert second.resume is None
+    assert proxy.max_live == 1
+    rec.wait_kind("ready", 2)
+    assert client.status().last_disconnect == "forced-fresh"
+    assert rec.kinds().count("session_lost") == 1
+
+
+def test_stale_frames_during_drain_reach_no_handler_and_open_nothing(gateway, make_client):
+    gateway.close_reply_delay = 0.8  # the old socket answers our close late, talking meanwhile
+    client, rec = make_client()
+    client.start()
+    assert client.wait_until_ready(10)
+    old = gateway.connections[0]
+    client.reconnect(fresh=True)
+    assert wait_until(lambda: old.client_close_code is not None)
+    for i in range(5):
+        old.send({"op": 0, "t": "MESSAGE_CREATE", "s": 100 + i, "d": {"stale": True}})
+    old.send_op(7)
+    old.invalid_session(True)
+    rec.wait_kind("ready", 2)
+    assert rec.named("MESSAGE_CREATE") == []
+    assert handshakes(gateway) == ["I", "I"]
+    assert client.status().stale_frames >= 7
+
+
+def test_close_during_backoff_returns_at_once(gateway, make_client, caplog):
+    gateway.answer_identify = False
+    client, rec = make_client(config=dataclasses.replace(FAST, ready_timeout=0.3, backoff_base=20.0, backoff_max=30.0))
+    client.start()
+    rec.wait_kind("reconnecting", timeout=10)
+    with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+        started = time.monotonic()
+        client.close(timeout=5)
+        assert time.monotonic() - started < 2.0
+    assert len(gateway.connections) == 1
+    assert not [r for r in caplog.records if r.name.startswith("sync_gateway.") and not r.name.startswith("sync_gateway.testing")]
+
+
+def test_hello_never_arrives(gateway, make_client):
+    gateway.send_hello = False
+    client, rec = make_client(config=dataclasses.replace(FAST, hello_timeout=0.5))
+    client.start()
+    gateway.wait_for_connections(2, 10)
+    assert client.status().last_disconnect == "hello-timeout"
+    gateway.send_hello = True
+    assert client.wait_until_ready(10)
+    assert gateway.connections[0].identify is None
+
+
+def test_zombie_connection_closes_4000_and_resumes():
+    with FakeGateway(heartbeat_interval=150, token=TOKEN) as gw:
+        client = sg.GatewayClient(TOKEN, gateway_url=gw.url, config=FAST, identify_gate=fast_gate())
+        rec = Recorder(client)
+        try:
+            client.start()
+            assert client.wait_until_ready(10)
+            gw.ack_heartbeats = False
+            second = gw.wait_for_connections(2, 10)
+            gw.ack_heartbeats = True
+            rec.wait_kind("resumed", timeout=10)
+            assert gw.connections[0].client_close_code == 4000
+            assert second.resume is not None
+            assert client.status().last_disconnect == "zombie"
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_op9(gateway, make_client, resumable):
+    client, rec = make_client()
+    client.start()
+    assert client.wait_until_ready(10)
+    gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(3)])
+    rec.wait_events("MESSAGE_CREATE", 3)
+    gateway.connections[0].invalid_session(resumable)
+    if resumable:
+        rec.wait_kind("resumed")
+        assert handshakes(gateway) == ["I", "R"]
+        assert gateway.connections[0].client_close_code == 4000
+    else:
+        rec.wait_kind("ready", 2)
+        assert handshakes(gateway) == ["I", "I"]
+        assert "session_lost" in rec.kinds()
+        assert gateway.connections[0].client_close_code == 1000
+        # the new session numbers from 1 again and its events are delivered
+        gateway.dispatch("MESSAGE_CREATE", {"i": "new"})
+        rec.wait_events("MESSAGE_CREATE", 4)
+        assert rec.named("MESSAGE_CREATE")[-1].seq == 2
+
+
+@pytest.mark.parametrize("code,expect", [(4000, "R"), (4007, "I"), (4009, "I"), (4008, "R"), (1001, "R")])
+def test_server_close_codes(gateway, make_client, code, expect):
+    client, rec = make_client()
+    client.start()
+    assert client.wait_until_ready(10)
+    gateway.connections[0].close(code)
+    rec.wait_kind("resumed" if expect == "R" else "ready", 1 if expect == "R" else 2)
+    assert handshakes(gateway) == ["I", expect]
+    assert client.status().last_disconnect == f"close {code}"
+    assert ("session_lost" in rec.kinds()) == (expect == "I")
+
+
+@pytest.mark.parametrize("code", [4004, 4014])
+def test_fatal_codes_after_ready(gateway, make_client, code):
+    client, rec = make_client()
+    client.start()
+    assert client.wait_until_ready(10)
+    gateway.connections[0].close(code)
+    with pytest.raises(sg.FatalGatewayError) as info:
+        client.run_forever()
+    assert info.value.code == code and len(gateway.connections) == 1
+
+
+def test_resume_url_that_fails_to_connect_falls_back_to_bootstrap(gateway, make_client, unused_port):
+    gateway.resume_gateway_url = f"ws://127.0.0.1:{unused_port}/"
+    client, rec = make_client()
+    client.start()
+    assert client.wait_until_ready(10)
+    gateway.connections[0].drop()
+    rec.wait_kind("resumed", timeout=10)
+    assert handshakes(gateway) == ["I", "R"]
+    assert client.status().resume_url is None
+
+
+def test_untrusted_resume_host_is_never_contacted(gateway, make_client):
+    # READY names a host that is not the bootstrap host nor *.discord.gg: RESUME must not go there
+    gateway.resume_gateway_url = "ws://localhost:1/"
+    client, rec = make_client()  # bootstrap host is 127.0.0.1
+    client.start()
+    assert client.wait_until_ready(10)
+    gateway.connections[0].drop()
+    rec.wait_kind("resumed", timeout=10)
+    assert handshakes(gateway) == ["I", "R"]
+
+
+def test_orphaned_reader_counted_and_client_recovers_through_proxy(gateway, proxied):
+    from support import stuck_reader_factory
+
+    release = threading.Event()
+    proxy, make = proxied
+    client, rec = make(_connection_factory=stuck_reader_factory(release, epochs={1}))
+    try:
+        client.start()
+        assert client.wait_until_ready(10)
+        gateway.dispatch("MESSAGE_CREATE", {"i": 0})
+        rec.wait_events("MESSAGE_CREATE", 1)
+        proxy.freeze()
+        client.reconnect()  # a resume this time
+        rec.wait_kind("resumed", timeout=15)
+        assert client.status().orphaned_readers == 1
+        assert proxy.max_live == 1
+    finally:
+        release.set()
+
+
+def test_reconnect_requests_coalesce(gateway, make_client):
+    gateway.close_reply_delay = 0.5
+    client, rec = make_client()
+    client.start()
+    assert client.wait_until_ready(10)
+    client.reconnect()
+    client.reconnect()
+    client.reconnect(fresh=True)  # upgrades the pending resume
+    client.reconnect()
+    rec.wait_kind("ready", 2)
+    assert handshakes(gateway) == ["I", "I"]
+    assert rec.kinds().count("session_lost") == 1
