@@ -7,7 +7,7 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import requests
@@ -66,7 +66,7 @@ def recv_close_code(ws: websocket.WebSocket) -> int:
             return struct.unpack("!H", frame.data[:2])[0]
 
 
-def ready_client(gw: FakeGateway, **identify_extra: Any) -> "tuple[websocket.WebSocket, ServerConnection, Dict[str, Any]]":
+def ready_client(gw: FakeGateway, **identify_extra: Any) -> Tuple[websocket.WebSocket, ServerConnection, Dict[str, Any]]:
     ws = connect(gw.url)
     hello = recv_json(ws)
     assert hello["op"] == 10

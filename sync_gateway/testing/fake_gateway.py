@@ -161,6 +161,7 @@ class ServerConnection:
 
         self._sock = sock
         self._write_lock = threading.RLock()
+        self._state_lock = threading.Lock()
         self._cond = threading.Condition()
         self._tcp_open = True
         self._close_sent_at: Optional[float] = None
@@ -317,22 +318,28 @@ class ServerConnection:
                 self._abort(rst=False)
 
     def _abort(self, rst: bool) -> None:
-        with self._write_lock:
-            if self._tcp_open:
+        """Close TCP now (FIN, or RST if ``rst``). Does not take the write lock, so drop() and stop()
+        are never held up by a writer blocked on a client that stopped reading."""
+        with self._state_lock:
+            if not self._tcp_open:
+                do_close = False
+            else:
                 self._tcp_open = False
-                try:
-                    if rst:
-                        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                        # SHUT_RD sends nothing but wakes the connection thread's select().
-                        self._sock.shutdown(socket.SHUT_RD)
-                    else:
-                        self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                try:
-                    self._sock.close()
-                except OSError:
-                    pass
+                do_close = True
+        if do_close:
+            try:
+                if rst:
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    # SHUT_RD sends nothing but wakes the connection thread's select().
+                    self._sock.shutdown(socket.SHUT_RD)
+                else:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                self._sock.close()
+            except OSError:
+                pass
         self._mark_closed()
 
     def _mark_closed(self) -> None:
@@ -791,8 +798,8 @@ class FakeGateway:
             }
             seq = session._append("READY", ready)
             conn.session_id = session.session_id
-            conn.ready.set()
             conn.send({"op": 0, "t": "READY", "s": seq, "d": ready})
+            conn.ready.set()
         logger.debug("connection #%d: READY session %s", conn.index, session.session_id)
 
     def _on_resume(self, conn: ServerConnection, d: Any) -> None:
@@ -836,8 +843,8 @@ class FakeGateway:
             ]
             resumed_seq = session._append("RESUMED", {})
             replay.append(_dumps({"op": 0, "t": "RESUMED", "s": resumed_seq, "d": {}}))
-            conn.ready.set()
             conn._send_encoded(replay)
+            conn.ready.set()
         logger.debug(
             "connection #%d: RESUMED session %s from seq %d (%d replayed)",
             conn.index,
