@@ -21,6 +21,7 @@ import websocket
 from ._log import get_logger
 from ._version import __version__
 from .codec import CompressionError, DecodeError, Decoder
+from .protocol import SEND_LIMIT, SEND_PERIOD
 from .ratelimit import SendWindow
 
 log = get_logger(__name__)
@@ -34,6 +35,9 @@ _OP_BINARY = websocket.ABNF.OPCODE_BINARY
 _OP_CONT = websocket.ABNF.OPCODE_CONT
 _OP_CLOSE = websocket.ABNF.OPCODE_CLOSE
 _OP_PING = websocket.ABNF.OPCODE_PING
+
+#: Seconds added to Discord's 60 s send window, for clock and path jitter.
+SEND_WINDOW_MARGIN = 1.0
 
 #: A single websocket message larger than this is refused (the socket is dropped).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -66,7 +70,9 @@ class Connection:
         self._send_lock = threading.Lock()
         self._aborted = False
         self._close_sent: Optional[int] = None
-        self.window = SendWindow()
+        # Discord counts frames as it receives them; a second of margin absorbs the jitter of the
+        # path between our clock and theirs (a frame freed at exactly 60 s could land at 59.99).
+        self.window = SendWindow(limit=SEND_LIMIT, per=SEND_PERIOD + SEND_WINDOW_MARGIN)
         self.opened = threading.Event()
         self.ended = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"sync_gateway-reader-s{shard_id}-e{epoch}", daemon=True)
@@ -215,10 +221,12 @@ class Connection:
             frame = recv_frame()
             opcode = frame.opcode
             if opcode == _OP_TEXT or opcode == _OP_BINARY:
-                if not frame.fin:
-                    fragments, fragment_op, size = [frame.data], opcode, len(frame.data)
-                    continue
                 data = frame.data
+                if len(data) > MAX_MESSAGE_BYTES:
+                    raise websocket.WebSocketProtocolException(f"message over {MAX_MESSAGE_BYTES} bytes")
+                if not frame.fin:
+                    fragments, fragment_op, size = [data], opcode, len(data)
+                    continue
             elif opcode == _OP_CONT:
                 if not fragments:
                     raise websocket.WebSocketProtocolException("continuation frame without a start")

@@ -468,6 +468,21 @@ class SetReadTimeout:
 
 
 @dataclass(frozen=True)
+class ReserveSends:
+    """Keep *slots* of the socket's 120-per-60-s window for heartbeats, IDENTIFY and RESUME."""
+
+    epoch: int
+    slots: int
+
+
+def heartbeat_reserve(interval: float) -> int:
+    """Send-window slots to hold back so heartbeats always fit: the beats of one window at this
+    interval, plus room for server-requested beats and IDENTIFY/RESUME; never fewer than 10."""
+    beats = int(SEND_PERIOD // interval) + 1 if interval > 0 else SEND_LIMIT
+    return max(10, min(SEND_LIMIT // 2, beats + 4))
+
+
+@dataclass(frozen=True)
 class Deliver:
     dispatch: Dispatch
 
@@ -483,7 +498,18 @@ class Stopped:
 
 
 Action = Union[
-    Open, SendIdentify, SendResume, SendHeartbeat, CloseSocket, AbortSocket, OrphanReader, SetReadTimeout, Deliver, Emit, Stopped
+    Open,
+    SendIdentify,
+    SendResume,
+    SendHeartbeat,
+    CloseSocket,
+    AbortSocket,
+    OrphanReader,
+    SetReadTimeout,
+    ReserveSends,
+    Deliver,
+    Emit,
+    Stopped,
 ]
 
 
@@ -1009,6 +1035,7 @@ class ShardMachine:
         actions: List[Action] = [
             self._event("hello", now, reason=f"heartbeat_interval={interval_ms}ms"),
             SetReadTimeout(s.epoch, s.interval + 10.0),
+            ReserveSends(s.epoch, heartbeat_reserve(s.interval)),
         ]
         return actions + self._send_handshake(s, now)
 
@@ -1030,6 +1057,11 @@ class ShardMachine:
         name = payload.get("t")
         if isinstance(seq, bool) or not isinstance(seq, int):
             seq = None
+        if name != "READY" and self.session.session_id is None:
+            # Discord's first dispatch of a session is READY; anything before it belongs to no
+            # session we know, so it cannot be ordered or resumed: not delivered.
+            log.warning("shard %d: %s dispatch before READY ignored", self.shard_id, name)
+            return []
         if seq is not None:
             last = self.session.seq
             if last is not None and seq <= last and name != "READY":

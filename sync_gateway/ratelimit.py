@@ -178,6 +178,21 @@ class SendWindow:
                 # The next waiter may now be at the head of its queue: let it re-check.
                 self._cond.notify_all()
 
+    def record(self) -> None:
+        """Count a frame that had to go out although the window was full (kept exact for later)."""
+        with self._cond:
+            self._sent.append(self._clock())
+
+    def set_reserved(self, reserved: int) -> None:
+        """Change how many slots are kept for priority frames (the heartbeat rate is known only
+        after HELLO: a short interval needs more room held back)."""
+        reserved = _check_int("reserved", reserved, minimum=0)
+        if reserved >= self.limit:
+            raise ConfigError(f"reserved ({reserved}) must be smaller than limit ({self.limit})")
+        with self._cond:
+            self.reserved = reserved
+            self._cond.notify_all()
+
     def reset(self) -> None:
         """Empty the window (a new socket starts with a fresh budget) and wake every waiter."""
         with self._cond:

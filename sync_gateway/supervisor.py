@@ -26,6 +26,7 @@ from .protocol import (
     Emit,
     Open,
     OrphanReader,
+    ReserveSends,
     SendHeartbeat,
     SendIdentify,
     SendResume,
@@ -211,6 +212,10 @@ class Supervisor:
                 conn = self.connections.get(a.epoch)
                 if conn is not None:
                     conn.set_read_timeout(a.seconds)
+            elif isinstance(a, ReserveSends):
+                conn = self.connections.get(a.epoch)
+                if conn is not None:
+                    conn.window.set_reserved(a.slots)
             elif isinstance(a, Stopped):
                 self.error = a.error
                 done = True
@@ -240,7 +245,10 @@ class Supervisor:
         conn = self.connections.get(epoch)
         if conn is None:
             return
-        conn.window.try_acquire(priority=True)  # recorded so user sends see the true window
+        if conn.window.try_acquire(priority=True) > 0:  # recorded so user sends see the true window
+            conn.window.record()
+            log.warning("shard %d: e%d send window full; sending %s anyway (the server may close with 4008)",
+                        self.shard_id, epoch, what)
         try:
             conn.send_text(encode(payload))
             log.debug("shard %d: e%d sent %s", self.shard_id, epoch, what)

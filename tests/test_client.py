@@ -27,6 +27,7 @@ def test_identify_payload_and_url_query(gateway, make_client):
     assert "shard" not in d
     st = client.status()
     assert st.connected and st.state == "ready" and st.last_disconnect is None and st.connected_at is not None
+    rec.wait_kind("ready")
     assert rec.kinds()[:4] == ["connecting", "hello", "identifying", "ready"]
 
 
@@ -226,7 +227,9 @@ def test_send_waits_for_ready(gateway, make_client):
     client.reconnect(fresh=True)  # the stalled IDENTIFY is retried on a fresh socket
     assert done.wait(10)
     t.join(5)
-    assert any(p.get("op") == 3 for c in gateway.connections for _, p in c.received)
+    presence = gateway.connections[-1].wait_for(op=3, timeout=5)
+    assert presence["d"]["status"] == "idle"
+    assert gateway.connections[-1].identify is not None  # it went out only after the new READY
 
 
 def test_rest_discovery_uses_gateway_bot(gateway):

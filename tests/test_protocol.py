@@ -1,4 +1,5 @@
 """Unit tests of the sans-I/O core: rules, payloads and the ShardMachine, on a fake clock."""
+import os
 import random
 
 import pytest
@@ -795,7 +796,7 @@ INPUT = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("SG_HYPOTHESIS_EXAMPLES", "300")), deadline=None)
 @given(st.lists(INPUT, max_size=60), st.integers(0, 2**16))
 def test_invariants_hold_for_any_input_sequence(inputs, seed):
     """One live socket; stale epochs inert; seq ascending within a session; nothing after Stopped."""
