@@ -16,6 +16,7 @@ from .errors import ConfigError, GatewayError, PayloadTooLarge
 from .intents import Intents
 from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, Status
 from .ratelimit import IdentifyGate, MemoryIdentifyGate
+from .stores import SessionStore, session_key
 from .supervisor import ConnectionFactory, Supervisor
 
 log = get_logger(__name__)
@@ -72,9 +73,12 @@ class GatewayClient:
         properties: Optional[Mapping[str, str]] = None,
         config: Optional[LifecycleConfig] = None,
         identify_gate: Optional[IdentifyGate] = None,
+        session_store: Optional[SessionStore] = None,
         trusted_hosts: Optional[Sequence[str]] = None,
         _connection_factory: Optional[ConnectionFactory] = None,
         _rng: Optional[random.Random] = None,
+        _registry: Optional[Registry] = None,
+        _max_concurrency: Optional[int] = None,
     ) -> None:
         self._token = _check_token(token)
         register_secret(self._token)
@@ -126,6 +130,9 @@ class GatewayClient:
         if identify_gate is not None and not isinstance(identify_gate, IdentifyGate):
             raise ConfigError("identify_gate must be an IdentifyGate (e.g. sync_gateway.MemoryIdentifyGate())")
         self._gate = identify_gate
+        if session_store is not None and not isinstance(session_store, SessionStore):
+            raise ConfigError("session_store must be a SessionStore (e.g. sync_gateway.FileSessionStore(path))")
+        self._store = session_store
         if trusted_hosts is not None and (
             isinstance(trusted_hosts, str) or not all(isinstance(h, str) and h for h in trusted_hosts)
         ):
@@ -134,13 +141,13 @@ class GatewayClient:
         self._connection_factory = _connection_factory
         self._rng = _rng
 
-        self._registry = Registry()
+        self._registry = _registry if _registry is not None else Registry()
         self._lock = threading.RLock()
         self._started = False
         self._closed = False
         self._supervisor: Optional[Supervisor] = None
         self._dispatcher: Optional[Dispatcher] = None
-        self._max_concurrency = 1
+        self._max_concurrency = _max_concurrency or 1
         self.gateway_info: Optional[Dict[str, Any]] = None
 
     def __repr__(self) -> str:
@@ -226,14 +233,22 @@ class GatewayClient:
                 gate=self._gate or _process_gate(self._token),
                 max_concurrency=self._max_concurrency,
                 connection_factory=self._connection_factory,
+                store=self._store,
+                store_key=session_key(self._token, self.shard_id, self._shard[1] if self._shard else 1),
+                shard=self._shard,
             )
+            if self._store is not None:
+                record = self._store.load_fresh(supervisor._store_key)
+                if record is not None:
+                    log.info("shard %d: resuming stored session %s (seq %s)", self.shard_id, record.session_id, record.seq)
+                    supervisor.preload(record)
         except BaseException:
             with self._lock:
                 self._started = False
             raise
         self._dispatcher = dispatcher
         self._supervisor = supervisor
-        if "MESSAGE_CREATE" in self._registry._handlers and not self.intents & Intents.MESSAGE_CONTENT:
+        if self._registry.has("MESSAGE_CREATE") and not self.intents & Intents.MESSAGE_CONTENT:
             log.info(
                 "a MESSAGE_CREATE handler is registered without Intents.MESSAGE_CONTENT: message content "
                 "will be empty except in DMs and messages mentioning the bot"
@@ -308,13 +323,17 @@ class GatewayClient:
         if sup.error is not None:
             raise sup.error
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, keep_session: bool = False) -> None:
         """Close with code 1000 and join every thread, within *timeout* seconds. Idempotent.
 
+        ``keep_session=True`` closes with 4000 instead, so the session stays resumable for a few
+        minutes, and saves it to the ``session_store``: the next start RESUMEs it.
         Safe from any thread, including a handler: called on the dispatcher thread it does not
         join that thread, which ends once the handler returns.
         """
-        self._close(timeout, 1000)
+        if not isinstance(keep_session, bool):
+            raise TypeError("keep_session must be a bool")
+        self._close(timeout, 4000 if keep_session else 1000)
 
     def _close(self, timeout: float, code: int) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:

@@ -117,6 +117,8 @@ class Dispatcher:
         self._backlog_warned_at = 0
         self.delivered = 0
         self.handler_errors = 0
+        #: (session_id, seq) of the last dispatch whose handlers have all returned
+        self.handled: Tuple[Optional[str], Optional[int]] = (None, None)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -174,6 +176,8 @@ class Dispatcher:
                     self.delivered += 1
                     for fn in handlers:
                         self._call(fn, item, item.name)
+                    if item.seq is not None:
+                        self.handled = (item.session_id, item.seq)
                 else:
                     for fn in self.registry.lifecycle:
                         self._call(fn, item, f"lifecycle {item.kind}")

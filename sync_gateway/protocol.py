@@ -347,6 +347,7 @@ class Dispatch:
     data: Any
     seq: Optional[int]
     shard_id: int = 0
+    session_id: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"Dispatch(name={self.name!r}, seq={self.seq!r}, shard_id={self.shard_id!r})"
@@ -1089,7 +1090,7 @@ class ShardMachine:
             actions += self._established(s, "ready", now)
         elif name == "RESUMED":
             actions += self._established(s, "resumed", now)
-        actions.append(Deliver(Dispatch(name, data, seq, self.shard_id)))
+        actions.append(Deliver(Dispatch(name, data, seq, self.shard_id, self.session.session_id)))
         return actions
 
     def _established(self, s: _Socket, kind: str, now: float) -> List[Action]:

@@ -38,6 +38,10 @@ from .protocol import (
 from .protocol import heartbeat as heartbeat_payload
 from .protocol import resume as resume_payload
 from .ratelimit import IdentifyGate
+from .stores import SessionRecord, SessionStore
+
+#: Seconds between two saves of the session to a store while events flow.
+PERSIST_INTERVAL = 1.0
 
 log = get_logger(__name__)
 
@@ -59,6 +63,9 @@ class Supervisor:
         max_concurrency: int = 1,
         connection_factory: Optional[ConnectionFactory] = None,
         on_change: Optional[Callable[[], None]] = None,
+        store: Optional[SessionStore] = None,
+        store_key: str = "",
+        shard: Optional[Tuple[int, int]] = None,
     ) -> None:
         self.machine = machine
         self.dispatcher = dispatcher
@@ -70,6 +77,13 @@ class Supervisor:
         self._max_concurrency = max_concurrency
         self._factory: ConnectionFactory = connection_factory or Connection
         self._on_change = on_change
+        self._store = store
+        self._store_key = store_key
+        self._shard = list(shard) if shard else None
+        self._saved: Optional[Tuple[Any, ...]] = None  # what the store holds, as far as we know
+        self._persist_due: Optional[float] = None
+        self._store_warned = False
+        self.keep_session = False
 
         self._cond = threading.Condition(threading.Lock())
         self._inbox: Deque[Tuple[Any, ...]] = collections.deque()
@@ -87,6 +101,13 @@ class Supervisor:
     def start(self) -> None:
         self.post(("start",))
         self.thread.start()
+
+    def preload(self, record: SessionRecord) -> None:
+        """Before start: RESUME this stored session on the first connection."""
+        self.machine.session.session_id = record.session_id
+        self.machine.session.seq = record.seq
+        self.machine.session.resume_url = record.resume_url
+        self._saved = (record.session_id, record.seq, record.resume_url)
 
     def post(self, item: Tuple[Any, ...]) -> None:
         with self._cond:
@@ -111,6 +132,8 @@ class Supervisor:
                 with cond:
                     while not inbox:
                         deadline = machine.next_deadline()
+                        if self._persist_due is not None:
+                            deadline = self._persist_due if deadline is None else min(deadline, self._persist_due)
                         if deadline is None:
                             cond.wait()
                             continue
@@ -128,7 +151,10 @@ class Supervisor:
                         actions += self._feed(item, now)
                     actions += machine.tick(now)
                 if actions and self._execute(actions):
+                    self._persist(final=True)
                     break
+                if self._store is not None:
+                    self._persist()
                 if machine.phase is not phase_before:
                     self._notify()
         except Exception as exc:  # a bug of ours: never die silently, never leave users hanging
@@ -158,6 +184,7 @@ class Supervisor:
         if kind == "reconnect":
             return m.request_reconnect(now, fresh=item[1], reason=item[2])
         if kind == "stop":
+            self.keep_session = item[1] != 1000
             return m.request_stop(now, code=item[1], budget=item[2])
         if kind == "start":
             return m.start(now)
@@ -262,6 +289,51 @@ class Supervisor:
                 return self.machine.identify_deferred(epoch, permit.wait, permit.reason, time.monotonic())
         self._send(epoch, self._identify(), "IDENTIFY")
         return []
+
+    def _persist(self, final: bool = False) -> None:
+        """Keep the store in step with the session: saved (throttled) while it lives, with the seq
+        of the last event whose handlers returned; deleted when it is lost or closed for good."""
+        store = self._store
+        if store is None:
+            return
+        session = self.machine.session
+        handled_session, handled_seq = self.dispatcher.handled
+        if final and not self.keep_session:
+            target: Optional[Tuple[Any, ...]] = None
+        elif session.session_id is None:
+            target = None
+        else:
+            # Only the seq of events already handled counts; before the first one, the RESUME
+            # replays from the session's start of what we had handled (READY's seq) at worst.
+            seq = handled_seq if handled_session == session.session_id else None
+            if seq is None and self._saved is not None and self._saved[0] == session.session_id:
+                seq = self._saved[1]
+            target = (session.session_id, seq, session.resume_url)
+        if target == self._saved:
+            self._persist_due = None
+            return
+        now = time.monotonic()
+        if not final and target is not None and self._saved is not None and self._saved[0] == target[0]:
+            # same session, newer seq: at most one write per PERSIST_INTERVAL
+            if self._persist_due is None:
+                self._persist_due = now + PERSIST_INTERVAL
+                return
+            if now < self._persist_due:
+                return
+        self._persist_due = None
+        try:
+            if target is None:
+                store.delete(self._store_key)
+            else:
+                store.save(
+                    self._store_key,
+                    SessionRecord(target[0], target[1], target[2], self._shard, time.time()),
+                )
+            self._saved = target
+        except Exception as exc:  # a store outage must not take the gateway down
+            if not self._store_warned:
+                log.warning("shard %d: session store failed (%s); the session may not survive a restart", self.shard_id, exc)
+                self._store_warned = True
 
     def _notify(self) -> None:
         with self.state_changed:
