@@ -38,7 +38,7 @@ setup(
         "testing": TESTING,
         "test": TESTING
         + ZSTD
-        + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80"],
+        + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80", "redis>=4.5"],
     },
     entry_points={"console_scripts": ["sync-gateway=sync_gateway.cli:main"]},
     classifiers=[

@@ -1,0 +1,116 @@
+"""Handler registry and dispatcher behaviour that users rely on (UX.md rules 3, 4, 5, 12, 13)."""
+import _thread
+import logging
+import threading
+
+import pytest
+
+import sync_gateway as sg
+from sync_gateway import dispatch as dispatch_mod
+from sync_gateway.dispatch import Dispatcher, Registry
+from sync_gateway.protocol import Dispatch, LifecycleEvent
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def run_items(registry, items):
+    d = Dispatcher(registry, name="sync_gateway-dispatch-test")
+    d.start()
+    d.put_many(items)
+    d.stop()
+    d.thread.join(5)
+    assert not d.thread.is_alive()
+    return d
+
+
+def test_handlers_in_order_wildcard_after_specific_and_lifecycle():
+    reg = Registry()
+    seen = []
+    reg.add("A", lambda e: seen.append(("A", e.seq)))
+    reg.add("*", lambda e: seen.append(("*", e.seq)))
+    reg.add_lifecycle(lambda e: seen.append(("life", e.kind)))
+    run_items(reg, [Dispatch("A", {}, 1), LifecycleEvent("ready", 0.0), Dispatch("B", {}, 2)])
+    assert seen == [("A", 1), ("*", 1), ("life", "ready"), ("*", 2)]
+
+
+def test_raising_handler_logged_with_names_and_others_still_run(caplog):
+    reg = Registry()
+    seen = []
+
+    def bad(event):
+        raise ValueError("nope")
+
+    reg.add("A", bad)
+    reg.add("A", seen.append)
+    with caplog.at_level(logging.ERROR, logger="sync_gateway"):
+        d = run_items(reg, [Dispatch("A", {}, 1), Dispatch("A", {}, 2)])
+    assert [e.seq for e in seen] == [1, 2] and d.handler_errors == 2
+    rec = caplog.records[0]
+    assert "bad" in rec.getMessage() and "A" in rec.getMessage() and rec.exc_info
+
+
+def test_slow_handler_warning_names_it(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch_mod, "SLOW_HANDLER_SECONDS", 0.05)
+    reg = Registry()
+    pause = threading.Event()
+
+    def slowpoke(event):
+        pause.wait(0.1)
+
+    reg.add("A", slowpoke)
+    with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+        run_items(reg, [Dispatch("A", {}, 1)])
+    assert any("slowpoke" in r.getMessage() and "ThreadPoolExecutor" in r.getMessage() for r in caplog.records)
+
+
+def test_backlog_warning(monkeypatch, caplog):
+    monkeypatch.setattr(dispatch_mod, "BACKLOG_WARNING", 10)
+    reg = Registry()
+    d = Dispatcher(reg, name="sync_gateway-dispatch-test")
+    with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+        for i in range(30):
+            d.put(Dispatch("A", {}, i))
+    assert any("waiting for handlers" in r.getMessage() for r in caplog.records)
+
+
+def test_off_and_registration_guards():
+    reg = Registry()
+    fn = reg.add
+    with pytest.raises(TypeError):
+        reg.add("", print)
+    with pytest.raises(TypeError):
+        reg.add_lifecycle("x")
+    assert not reg.remove("A", fn)
+    assert not reg.remove_lifecycle(fn)
+
+
+def test_decorator_and_direct_forms_return_the_function():
+    client = sg.GatewayClient("abcdefghijk-token")
+
+    @client.on("MESSAGE_CREATE")
+    def a(event):
+        pass
+
+    def b(event):
+        pass
+
+    assert a.__name__ == "a" and client.on("GUILD_CREATE", b) is b
+    assert client.on_lifecycle(b) is b and client.off_lifecycle(b)
+
+
+def test_run_forever_ctrl_c_closes_and_reraises(gateway):
+    from support import FAST, TOKEN
+
+    client = sg.GatewayClient(TOKEN, gateway_url=gateway.url, config=FAST,
+                              identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0))
+
+    def on_life(event):
+        if event.kind == "ready":
+            _thread.interrupt_main()
+
+    client.on_lifecycle(on_life)
+    with pytest.raises(KeyboardInterrupt):
+        client.run_forever()
+    assert client.status().state == "closed"
+    assert gateway.connections[0].closed.wait(5) and gateway.connections[0].client_close_code == 1000
+    assert client.threads() == []
