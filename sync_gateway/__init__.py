@@ -17,6 +17,7 @@ from .errors import (
 from .intents import Intents
 from .protocol import CLOSE_CODES, Dispatch, LifecycleConfig, LifecycleEvent, Op, Session, Status
 from .ratelimit import IdentifyGate, MemoryIdentifyGate, Permit, SendWindow
+from .stores import MemorySessionStore, SessionRecord, SessionStore
 
 __all__ = [
     "__version__",
@@ -33,6 +34,9 @@ __all__ = [
     "MemoryIdentifyGate",
     "Permit",
     "SendWindow",
+    "SessionStore",
+    "SessionRecord",
+    "MemorySessionStore",
     "GatewayError",
     "FatalGatewayError",
     "PayloadTooLarge",

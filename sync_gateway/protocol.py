@@ -19,7 +19,7 @@ Two layers:
 import enum
 import random
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ._log import get_logger
@@ -353,6 +353,12 @@ class Dispatch:
         return f"Dispatch(name={self.name!r}, seq={self.seq!r}, shard_id={self.shard_id!r})"
 
 
+LifecycleKind = Literal[
+    "connecting", "hello", "identifying", "resuming", "ready", "resumed", "disconnected", "reconnecting",
+    "session_lost", "fatal", "closed",
+]
+State = Literal["idle", "connecting", "identifying", "resuming", "ready", "reconnecting", "closing", "closed", "failed"]
+
 LIFECYCLE_KINDS = (
     "connecting",
     "hello",
@@ -372,7 +378,7 @@ LIFECYCLE_KINDS = (
 class LifecycleEvent:
     """A step of the connection lifecycle. ``at`` is ``time.monotonic()`` seconds."""
 
-    kind: str
+    kind: LifecycleKind
     at: float
     code: Optional[int] = None
     reason: str = ""
@@ -388,7 +394,7 @@ class Status:
     """A consistent snapshot of one shard. Every ``*_at`` field is ``time.monotonic()`` seconds
     (compare with ``time.monotonic()``), or None if it never happened."""
 
-    state: str
+    state: State
     connected: bool
     session_id: Optional[str]
     seq: Optional[int]
@@ -694,7 +700,7 @@ class ShardMachine:
     # ---------------------------------------------------------------- queries
 
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         if self.stop_requested and self.phase not in (_Phase.CLOSED, _Phase.FAILED):
             return "closing"
         return _PUBLIC_STATE[self.phase]
@@ -748,7 +754,7 @@ class ShardMachine:
 
     # ---------------------------------------------------------------- helpers
 
-    def _event(self, kind: str, now: float, code: Optional[int] = None, reason: str = "", epoch: Optional[int] = None) -> Emit:
+    def _event(self, kind: LifecycleKind, now: float, code: Optional[int] = None, reason: str = "", epoch: Optional[int] = None) -> Emit:
         return Emit(LifecycleEvent(kind, now, code, reason, self.epoch if epoch is None else epoch, self.shard_id))
 
     def _is_live(self, epoch: int) -> bool:
