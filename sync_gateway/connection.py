@@ -39,6 +39,9 @@ _OP_PING = websocket.ABNF.OPCODE_PING
 #: Seconds added to Discord's 60 s send window, for clock and path jitter.
 SEND_WINDOW_MARGIN = 1.0
 
+#: How long the supervisor waits for a send in progress on another thread before giving up on a frame.
+SUPERVISOR_SEND_LOCK_TIMEOUT = 0.5
+
 #: A single websocket message larger than this is refused (the socket is dropped).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
@@ -86,25 +89,37 @@ class Connection:
 
     # ------------------------------------------------------------------ supervisor side
 
-    def send_text(self, text: str) -> None:
-        """Send one text frame. Raises OSError/WebSocketException if the socket is gone."""
+    def send_text(self, text: str, lock_timeout: Optional[float] = None) -> None:
+        """Send one text frame. Raises OSError/WebSocketException if the socket is gone.
+
+        The supervisor passes *lock_timeout*: a user thread stuck in a send on a stalled socket
+        must never hold up heartbeats or a teardown (the frame is then dropped, ConnectionError).
+        """
         ws = self._ws
         if ws is None or not self.opened.is_set():
             raise ConnectionError(f"socket e{self.epoch} is not open")
-        with self._send_lock:
+        if not self._send_lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout):
+            raise ConnectionError(f"socket e{self.epoch} is busy sending")
+        try:
             ws.send(text)
+        finally:
+            self._send_lock.release()
 
     def send_close(self, code: int, reason: str = "") -> None:
-        """Send a close frame (best effort; never blocks on the peer's answer)."""
+        """Send a close frame (best effort; never blocks on the peer's answer or a stalled send)."""
         ws = self._ws
         if ws is None or self._close_sent is not None:
             return
         self._close_sent = code
+        if not self._send_lock.acquire(timeout=SUPERVISOR_SEND_LOCK_TIMEOUT):
+            log.debug("e%d: close frame not sent: a send is stalled", self.epoch)
+            return
         try:
-            with self._send_lock:
-                ws.send(struct.pack("!H", code) + reason.encode("utf-8")[:120], _OP_CLOSE)
+            ws.send(struct.pack("!H", code) + reason.encode("utf-8")[:120], _OP_CLOSE)
         except (OSError, websocket.WebSocketException) as exc:
             log.debug("e%d: close frame not sent: %s", self.epoch, exc)
+        finally:
+            self._send_lock.release()
 
     def set_read_timeout(self, seconds: float) -> None:
         sock = self._sock

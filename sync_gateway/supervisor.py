@@ -16,7 +16,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from ._log import get_logger
 from .codec import encode
-from .connection import Connection
+from .connection import SUPERVISOR_SEND_LOCK_TIMEOUT, Connection
 from .dispatch import Dispatcher
 from .protocol import (
     AbortSocket,
@@ -277,9 +277,9 @@ class Supervisor:
             log.warning("shard %d: e%d send window full; sending %s anyway (the server may close with 4008)",
                         self.shard_id, epoch, what)
         try:
-            conn.send_text(encode(payload))
+            conn.send_text(encode(payload), lock_timeout=SUPERVISOR_SEND_LOCK_TIMEOUT)
             log.debug("shard %d: e%d sent %s", self.shard_id, epoch, what)
-        except (OSError, ConnectionError, Exception) as exc:  # the reader will report the dead socket
+        except Exception as exc:  # OSError, WebSocketException...: the reader will report the dead socket
             log.debug("shard %d: e%d %s not sent: %s", self.shard_id, epoch, what, exc)
 
     def _send_identify(self, epoch: int) -> List[Action]:
