@@ -217,3 +217,21 @@ def test_reconnect_requests_coalesce(gateway, make_client):
     rec.wait_kind("ready", 2)
     assert handshakes(gateway) == ["I", "I"]
     assert rec.kinds().count("session_lost") == 1
+
+
+def test_repeated_forced_reconnects_on_frozen_sockets_never_two_live(gateway, proxied):
+    proxy, make = proxied
+    cfg = dataclasses.replace(FAST, drain_timeout=0.3, force_close_timeout=0.2)
+    client, rec = make(config=cfg)
+    client.start()
+    assert client.wait_until_ready(10)
+    for i in range(12):
+        fresh = i % 2 == 0
+        proxy.freeze()
+        client.reconnect(fresh=fresh)
+        rec.wait_kind("ready" if fresh else "resumed", count=(i // 2 + 2) if fresh else (i // 2 + 1), timeout=10)
+    assert proxy.max_live == 1
+    assert len(client.threads()) == 3
+    st = client.status()
+    assert st.orphaned_readers == 0 and st.reconnects == 12
+    assert handshakes(gateway)[1:] == ["I", "R"] * 6
