@@ -17,11 +17,17 @@ from .errors import (
 from .intents import Intents
 from .protocol import CLOSE_CODES, Dispatch, LifecycleConfig, LifecycleEvent, Op, Session, Status
 from .ratelimit import IdentifyGate, MemoryIdentifyGate, Permit, SendWindow
-from .stores import MemorySessionStore, SessionRecord, SessionStore
+from .gates import FileIdentifyGate, RedisIdentifyGate
+from .sharding import ShardedClient, ShardedStatus, shard_for_guild
+from .sinks import RedisStreamSink, StreamDispatch, StreamWorker, consume
+from .stores import FileSessionStore, MemorySessionStore, RedisSessionStore, SessionRecord, SessionStore
 
 __all__ = [
     "__version__",
     "GatewayClient",
+    "ShardedClient",
+    "ShardedStatus",
+    "shard_for_guild",
     "Intents",
     "LifecycleConfig",
     "Dispatch",
@@ -37,6 +43,14 @@ __all__ = [
     "SessionStore",
     "SessionRecord",
     "MemorySessionStore",
+    "FileSessionStore",
+    "RedisSessionStore",
+    "FileIdentifyGate",
+    "RedisIdentifyGate",
+    "RedisStreamSink",
+    "StreamWorker",
+    "StreamDispatch",
+    "consume",
     "GatewayError",
     "FatalGatewayError",
     "PayloadTooLarge",

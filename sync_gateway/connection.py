@@ -13,6 +13,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from typing import Any, Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
@@ -66,6 +67,8 @@ class Connection:
         self._post = post
         self._decoder = Decoder(compress)
         self._connect_timeout = connect_timeout
+        self._read_timeout = connect_timeout + 10.0
+        self._last_rx = 0.0
         self._ssl_context = ssl_context
         self._sock: Optional[socket.socket] = None
         self._ws: Optional[websocket.WebSocket] = None
@@ -122,6 +125,12 @@ class Connection:
             self._send_lock.release()
 
     def set_read_timeout(self, seconds: float) -> None:
+        """A dead peer is declared after *seconds* without a byte from it.
+
+        The reader may already be blocked in a read that took the old value; it re-checks the
+        time since the last frame against this one before it gives up (see ``_read_loop``).
+        """
+        self._read_timeout = seconds
         sock = self._sock
         if sock is not None:
             try:
@@ -232,8 +241,21 @@ class Connection:
         fragments: list = []
         fragment_op = 0
         size = 0
+        monotonic = time.monotonic
+        self._last_rx = monotonic()
+        self._sock.settimeout(self._read_timeout)  # type: ignore[union-attr]
         while True:
-            frame = recv_frame()
+            try:
+                frame = recv_frame()
+            except websocket.WebSocketTimeoutException:
+                # The read may have started under an older, shorter timeout than the one the
+                # supervisor has set since (e.g. while the IDENTIFY gate holds us after HELLO).
+                idle = monotonic() - self._last_rx
+                if idle < self._read_timeout:
+                    self._sock.settimeout(self._read_timeout - idle)  # type: ignore[union-attr]
+                    continue
+                raise
+            self._last_rx = monotonic()
             opcode = frame.opcode
             if opcode == _OP_TEXT or opcode == _OP_BINARY:
                 data = frame.data

@@ -82,6 +82,7 @@ class Supervisor:
         self._shard = list(shard) if shard else None
         self._saved: Optional[Tuple[Any, ...]] = None  # what the store holds, as far as we know
         self._persist_due: Optional[float] = None
+        self._saved_at = time.monotonic()
         self._store_warned = False
         self.keep_session = False
 
@@ -309,11 +310,17 @@ class Supervisor:
             if seq is None and self._saved is not None and self._saved[0] == session.session_id:
                 seq = self._saved[1]
             target = (session.session_id, seq, session.resume_url)
-        if target == self._saved:
-            self._persist_due = None
-            return
         now = time.monotonic()
-        if not final and target is not None and self._saved is not None and self._saved[0] == target[0]:
+        if target == self._saved:
+            # A quiet session is saved again now and then, so a crash after a long silence
+            # still finds a record young enough to RESUME.
+            if target is None or now - self._saved_at < store.max_age / 3:
+                self._persist_due = None
+                return
+            refresh = True
+        else:
+            refresh = False
+        if not (final or refresh) and target is not None and self._saved is not None and self._saved[0] == target[0]:
             # same session, newer seq: at most one write per PERSIST_INTERVAL
             if self._persist_due is None:
                 self._persist_due = now + PERSIST_INTERVAL
@@ -330,6 +337,7 @@ class Supervisor:
                     SessionRecord(target[0], target[1], target[2], self._shard, time.time()),
                 )
             self._saved = target
+            self._saved_at = now
         except Exception as exc:  # a store outage must not take the gateway down
             if not self._store_warned:
                 log.warning("shard %d: session store failed (%s); the session may not survive a restart", self.shard_id, exc)

@@ -300,3 +300,25 @@ def test_dead_peer_caught_by_read_timeout(monkeypatch):
             assert sock.gettimeout() == pytest.approx(11.0)
         finally:
             client.close()
+
+
+class _LateFirstBeat:
+    """An RNG whose first heartbeat comes late in the interval (and op 9 delays stay short)."""
+
+    def random(self):
+        return 0.99
+
+    def uniform(self, a, b):
+        return a
+
+
+def test_identify_gate_wait_longer_than_hello_timeout_is_not_a_read_timeout(gateway, make_client):
+    """After HELLO, while the gate holds IDENTIFY and no heartbeat is due yet, nothing arrives:
+    the reader must use the read timeout set after HELLO, not the connect timeout it started with."""
+    gate = sg.MemoryIdentifyGate(interval=2.0, margin=0)
+    assert gate.try_acquire(0, 1).wait == 0  # someone else just identified
+    client, rec = make_client(identify_gate=gate, config=dataclasses.replace(FAST, hello_timeout=0.5),
+                              _rng=_LateFirstBeat())
+    client.start()
+    assert client.wait_until_ready(10)
+    assert len(gateway.connections) == 1 and rec.kinds().count("disconnected") == 0

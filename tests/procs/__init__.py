@@ -1,0 +1,1 @@
+"""Helper scripts and a harness for the multi-process tests (stores, gates, sinks)."""
