@@ -125,18 +125,7 @@ class Dispatcher:
         self.thread.start()
 
     def put(self, item: Union[Dispatch, LifecycleEvent]) -> None:
-        with self._cond:
-            self._queue.append(item)
-            if self._waiting:
-                self._cond.notify()
-        n = len(self._queue)
-        if n > BACKLOG_WARNING and n > 2 * self._backlog_warned_at:
-            self._backlog_warned_at = n
-            log.warning(
-                "%d events are waiting for handlers; a handler is too slow for the event rate "
-                "(hand long work to your own ThreadPoolExecutor)",
-                n,
-            )
+        self.put_many([item])
 
     def put_many(self, items: List[Union[Dispatch, LifecycleEvent]]) -> None:
         if not items:
@@ -145,6 +134,14 @@ class Dispatcher:
             self._queue.extend(items)
             if self._waiting:
                 self._cond.notify()
+            n = len(self._queue)
+        if n > BACKLOG_WARNING and n > 2 * self._backlog_warned_at:
+            self._backlog_warned_at = n
+            log.warning(
+                "%d events are waiting for handlers; a handler is too slow for the event rate "
+                "(hand long work to your own ThreadPoolExecutor)",
+                n,
+            )
 
     def stop(self) -> None:
         """Let the queued items run, then end the thread."""

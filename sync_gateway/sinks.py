@@ -26,8 +26,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ._log import get_logger
 from .errors import ConfigError, GatewayError
@@ -155,10 +154,15 @@ class RedisStreamSink:
         self._redis.close()
 
 
-@dataclass(frozen=True, repr=False)
-class StreamDispatch(Dispatch):
-    """A :class:`Dispatch` read back from a stream; ``entry_id`` is its Redis stream entry id."""
+class StreamDispatch(NamedTuple):
+    """A :class:`Dispatch` read back from a stream (the same fields), plus ``entry_id``: its Redis
+    stream entry id."""
 
+    name: str
+    data: Any
+    seq: Optional[int]
+    shard_id: int = 0
+    session_id: Optional[str] = None
     entry_id: str = ""
 
     def __repr__(self) -> str:

@@ -68,8 +68,8 @@ def test_backlog_warning(monkeypatch, caplog):
     reg = Registry()
     d = Dispatcher(reg, name="sync_gateway-dispatch-test")
     with caplog.at_level(logging.WARNING, logger="sync_gateway"):
-        for i in range(30):
-            d.put(Dispatch("A", {}, i))
+        for i in range(3):
+            d.put_many([Dispatch("A", {}, 10 * i + j) for j in range(10)])  # what the supervisor calls
     assert any("waiting for handlers" in r.getMessage() for r in caplog.records)
 
 
