@@ -7,11 +7,11 @@ import hashlib
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union, overload
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from . import codec, protocol
 from ._log import get_logger, register_secret
-from .dispatch import Dispatcher, Handler, LifecycleHandler, Registry
+from .dispatch import Dispatcher, HandlerMethods, Registry
 from .errors import ConfigError, GatewayError, PayloadTooLarge
 from .intents import Intents
 from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, Status
@@ -50,7 +50,7 @@ def _check_token(token: Any) -> str:
     return token
 
 
-class GatewayClient:
+class GatewayClient(HandlerMethods):
     """A Discord Gateway connection for one shard, on plain threads.
 
     >>> client = GatewayClient(token, intents=Intents.DEFAULT)
@@ -159,43 +159,6 @@ class GatewayClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    # ------------------------------------------------------------------ handlers
-
-    @overload
-    def on(self, name: str) -> Callable[[F], F]: ...
-
-    @overload
-    def on(self, name: str, fn: F) -> F: ...
-
-    def on(self, name: str, fn: Optional[F] = None) -> Any:
-        """Register *fn* for dispatch *name* (``"*"``: every dispatch). Usable as a decorator.
-
-        Handlers get one :class:`Dispatch` and run on the dispatcher thread, in arrival order.
-        """
-        if fn is None:
-            if not isinstance(name, str):
-                raise TypeError("use @client.on('EVENT_NAME') (with the event name) or client.on(name, fn)")
-
-            def decorator(f: F) -> F:
-                self._registry.add(name, f)
-                return f
-
-            return decorator
-        self._registry.add(name, fn)
-        return fn
-
-    def off(self, name: str, fn: Handler) -> bool:
-        """Remove a handler; True if it was registered."""
-        return self._registry.remove(name, fn)
-
-    def on_lifecycle(self, fn: F) -> F:
-        """Register *fn* for :class:`LifecycleEvent` s (connecting, ready, resumed, session_lost, ...)."""
-        self._registry.add_lifecycle(fn)
-        return fn
-
-    def off_lifecycle(self, fn: LifecycleHandler) -> bool:
-        return self._registry.remove_lifecycle(fn)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -152,14 +152,7 @@ class Connection:
             sock = self._sock
         if sock is None:
             return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        _hard_close(sock)
 
     # ------------------------------------------------------------------ reader thread
 
@@ -332,14 +325,19 @@ class Connection:
             sock, self._sock = self._sock, None
         if sock is None:
             return
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        try:
-            sock.close()
-        except OSError:
-            pass
+        _hard_close(sock)
+
+
+def _hard_close(sock: socket.socket) -> None:
+    """``shutdown(SHUT_RDWR)`` wakes a thread blocked reading it; ``close()`` frees the descriptor."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class _Aborted(Exception):

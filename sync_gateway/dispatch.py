@@ -8,7 +8,7 @@ import inspect
 import re
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union, overload
 
 from ._log import get_logger
 from .protocol import Dispatch, LifecycleEvent
@@ -104,6 +104,52 @@ class Registry:
     @property
     def lifecycle(self) -> Tuple[LifecycleHandler, ...]:
         return self._lifecycle
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class HandlerMethods:
+    """``on``/``off``/``on_lifecycle``/``off_lifecycle`` over ``self._registry``, shared by
+    GatewayClient and ShardedClient so both feel the same."""
+
+    _registry: Registry
+
+    @overload
+    def on(self, name: str) -> Callable[[F], F]: ...
+
+    @overload
+    def on(self, name: str, fn: F) -> F: ...
+
+    def on(self, name: str, fn: Optional[F] = None) -> Any:
+        """Register *fn* for dispatch *name* (``"*"``: every dispatch). Usable as a decorator.
+
+        Handlers get one :class:`Dispatch` and run on a dispatcher thread, in arrival order.
+        """
+        if fn is None:
+            if not isinstance(name, str):
+                raise TypeError("use @client.on('EVENT_NAME') (with the event name) or client.on(name, fn)")
+
+            def decorator(f: F) -> F:
+                self._registry.add(name, f)
+                return f
+
+            return decorator
+        self._registry.add(name, fn)
+        return fn
+
+    def off(self, name: str, fn: Handler) -> bool:
+        """Remove a handler; True if it was registered."""
+        return self._registry.remove(name, fn)
+
+    def on_lifecycle(self, fn: F) -> F:
+        """Register *fn* for :class:`LifecycleEvent` s (connecting, ready, resumed, session_lost,
+        ...; ``event.shard_id`` says which shard)."""
+        self._registry.add_lifecycle(fn)
+        return fn
+
+    def off_lifecycle(self, fn: LifecycleHandler) -> bool:
+        return self._registry.remove_lifecycle(fn)
 
 
 class Dispatcher:

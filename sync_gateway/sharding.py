@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from ._log import get_logger, register_secret
 from .client import DEFAULT_API_BASE, GatewayClient, _check_token, _process_gate
-from .dispatch import Handler, LifecycleHandler, Registry
+from .dispatch import HandlerMethods, Registry
 from .errors import ConfigError, GatewayError
 from .intents import Intents
 from .protocol import LifecycleConfig, Status
@@ -138,7 +138,7 @@ def _check_shard_ids(shard_ids: Any, shard_count: int) -> Tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-class ShardedClient:
+class ShardedClient(HandlerMethods):
     """Several shards of one bot in one process, with the :class:`GatewayClient` API.
 
     >>> client = ShardedClient(token, intents=Intents.DEFAULT)        # shard_count="auto"
@@ -263,34 +263,6 @@ class ShardedClient:
         if self._shard_count is None:
             raise RuntimeError("shard_count is 'auto' and not known before start()")
         return shard_for_guild(guild_id, self._shard_count)
-
-    # ------------------------------------------------------------------ handlers (shared)
-
-    def on(self, name: str, fn: Optional[F] = None) -> Any:
-        """Register *fn* for dispatch *name* (``"*"``: every dispatch) on every shard; usable as a
-        decorator. Each shard runs handlers on its own dispatcher thread."""
-        if fn is None:
-            if not isinstance(name, str):
-                raise TypeError("use @client.on('EVENT_NAME') (with the event name) or client.on(name, fn)")
-
-            def decorator(f: F) -> F:
-                self._registry.add(name, f)
-                return f
-
-            return decorator
-        self._registry.add(name, fn)
-        return fn
-
-    def off(self, name: str, fn: Handler) -> bool:
-        return self._registry.remove(name, fn)
-
-    def on_lifecycle(self, fn: F) -> F:
-        """Register *fn* for every shard's lifecycle events (``event.shard_id`` says which)."""
-        self._registry.add_lifecycle(fn)
-        return fn
-
-    def off_lifecycle(self, fn: LifecycleHandler) -> bool:
-        return self._registry.remove_lifecycle(fn)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -254,7 +254,6 @@ def test_start_with_bad_token_raises_and_leaves_no_thread(gateway):
 
 def test_start_with_unreachable_api_raises(unused_port):
     client = sg.GatewayClient(TOKEN, api_base=f"http://127.0.0.1:{unused_port}/api/v10", config=FAST)
-    client_rest_retries = 0  # noqa: F841 - the REST client's own retries are bounded
     with pytest.raises(sg.GatewayUnreachable):
         client.start()
     assert client.threads() == []

@@ -7,7 +7,6 @@ import ssl
 import subprocess
 import threading
 import time
-import zlib
 
 import pytest
 
