@@ -7,7 +7,7 @@ import hashlib
 import random
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from . import codec, protocol
 from ._log import get_logger, register_secret
@@ -21,7 +21,6 @@ from .supervisor import ConnectionFactory, Supervisor
 
 log = get_logger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_API_BASE = "https://discord.com/api/v10"
 

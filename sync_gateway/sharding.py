@@ -23,7 +23,7 @@ import threading
 import time
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ._log import get_logger, register_secret
 from .client import DEFAULT_API_BASE, GatewayClient, _check_token, _process_gate
@@ -38,7 +38,6 @@ __all__ = ["ShardedClient", "ShardedStatus", "shard_for_guild"]
 
 log = get_logger(__name__)
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def shard_for_guild(guild_id: Union[int, str], shard_count: int) -> int:
