@@ -318,6 +318,12 @@ class Supervisor:
             target = (session.session_id, seq, session.resume_url)
         now = time.monotonic()
         if target == self._saved:
+            if target is not None and not final and target[1] != session.seq:
+                # Events were received but their handlers have not all returned yet: nothing
+                # wakes us when they do, so look again in a moment.
+                if self._persist_due is None or now >= self._persist_due:
+                    self._persist_due = now + PERSIST_INTERVAL
+                return
             # A quiet session is saved again now and then, so a crash after a long silence
             # still finds a record young enough to RESUME.
             if target is None or now - self._saved_at < store.max_age / 3:

@@ -62,3 +62,23 @@ def test_stale_or_invalid_stored_session_falls_back_to_identify(gateway, make_cl
 def test_session_store_type_checked():
     with pytest.raises(sg.ConfigError):
         sg.GatewayClient(TOKEN, session_store={})
+
+
+def test_store_catches_up_when_handlers_finish_after_the_burst(gateway, make_client):
+    """The supervisor is not woken when handlers finish: it must look again by itself, or the
+    store keeps an old seq until the next event or heartbeat (a flake seen in CI)."""
+    import threading
+
+    from support import wait_until
+
+    store = MemorySessionStore()
+    client, rec = make_client(session_store=store)
+    release = threading.Event()
+    client.on("*", lambda e: release.wait(5))  # READY's handler too: nothing handled yet
+    client.start()
+    assert client.wait_until_ready(10)
+    seqs = gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(5)])
+    assert wait_until(lambda: client.status().seq == seqs[-1])
+    release.set()
+    key = session_key(TOKEN, 0, 1)
+    assert wait_until(lambda: (store.load(key) or SessionRecord("", None, None, None, 0)).seq == seqs[-1], timeout=5)
