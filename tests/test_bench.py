@@ -49,6 +49,9 @@ def test_bench_json_has_every_row(report):
     assert 600 < bench["payload_bytes"] < 900  # ~750-byte MESSAGE_CREATE
 
     rows = {(r["runner"], r["compress"]): r for r in report["throughput"]}
+    sharded = report["sharded"]
+    assert sharded["shards"] == 4 and sharded["events"] > 0 and sharded["events_per_s"] > 0
+    assert sharded["threads_per_shard"] == 3  # supervisor, reader, dispatcher
     skipped = report["skipped"]
     for compress in ("zlib-stream", "none"):
         for runner in ("floor", "sg-json", "sg-orjson", "discord.py"):

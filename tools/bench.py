@@ -629,6 +629,43 @@ def run_sync_gateway(url: str, compress: Optional[str], n: int, loads_name: str)
     return result
 
 
+def run_sharded(url: str, compress: Optional[str], n: int, shards: int = 4) -> Dict[str, Any]:
+    """ShardedClient with *shards* shards in this process, each on its own socket of the same
+    stream (the server sends every socket the n events): events/s over all shards and threads."""
+    from sync_gateway import MemoryIdentifyGate, ShardedClient, codec
+
+    codec.loads = json.loads
+    counter = Counter(n * shards)
+    client = ShardedClient(
+        TOKEN,
+        gateway_url=url,
+        shard_count=shards,
+        max_concurrency=shards,
+        compress=compress,
+        identify_gate=MemoryIdentifyGate(interval=0.0, margin=0.0),
+    )
+    hit = counter.hit
+    lock = threading.Lock()
+
+    def handler(event: Any) -> None:  # shards call it from their own dispatcher threads
+        if event.name == "MESSAGE_CREATE":
+            with lock:
+                hit()
+
+    client.on("*", handler)
+    cpu0 = time.process_time()
+    client.start()
+    try:
+        if not counter.done.wait(_deadline(n * shards)):
+            raise SystemExit(f"only {counter.count} of {n * shards} events arrived")
+        threads = sum(1 for t in threading.enumerate() if t.name.startswith("sync_gateway-"))
+        result = counter.result(cpu0)
+    finally:
+        client.close()
+    result.update(shards=shards, sync_gateway_threads=threads, threads_per_shard=threads / shards)
+    return result
+
+
 def run_discord_py(url: str, compress: Optional[str], n: int) -> Dict[str, Any]:
     import asyncio
 
@@ -753,6 +790,8 @@ def worker_main(argv: List[str]) -> None:
         result = run_sync_gateway(a.url, compress, a.events, "orjson")
     elif a.runner == "discord.py":
         result = run_discord_py(a.url, compress, a.events)
+    elif a.runner == "sharded":
+        result = run_sharded(a.url, compress, a.events)
     elif a.runner == "idle":
         result = run_idle(a.url, a.seconds)
     elif a.runner == "rss":
@@ -1050,6 +1089,13 @@ def render(report: Dict[str, Any]) -> str:
     rss = report["rss_growth"]
     rec = report["recovery"]
     srv = report["server"]
+    sh = report["sharded"]
+    lines += [
+        "",
+        f"ShardedClient, {sh['shards']} shards in one process, zlib-stream, json: {sh['events_per_s']:,.0f} events/s over "
+        f"all shards ({sh['events']:,} events), {sh['cpu_s']:.2f} CPU s, peak RSS {sh['peak_rss_mb']:.1f} MB, "
+        f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard",
+    ]
     lines += [
         "",
         f"latency server-send -> handler at {lat['rate_per_s']:,.0f} ev/s (achieved {lat['achieved_rate_per_s']:,.0f}, "
@@ -1122,6 +1168,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
         port = info_line["port"]
         log(f"server on port {port}; throughput with {', '.join(runners)}")
         throughput = bench_throughput(port, n, runs, runners, notes, log)
+        log("4 shards in one process")
+        sharded = run_worker("sharded", f"ws://127.0.0.1:{port}/cached/{n}/", _deadline(4 * n) + 60, notes,
+                             compress="zlib-stream", events=n)
         log("FakeGateway as the feeder")
         feed = bench_fake_gateway_feed(n, notes)
         log(f"RSS over {rss_events:,} events")
@@ -1161,6 +1210,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
             "discord_py": discord_version,
         },
         "throughput": throughput,
+        "sharded": sharded,
         "latency": latency,
         "idle": idle,
         "rss_growth": rss,
