@@ -148,6 +148,8 @@ def test_150_sends_never_exceed_120_per_60s_and_heartbeats_flow():
             conn = gw.connections[0]
             t.join(85)
             assert not t.is_alive() and not errors
+            # the fake records frames on its own thread: let it catch up with the last send
+            assert wait_until(lambda: sum(1 for _, p in conn.received if p.get("op") == 3) == 150)
             assert len(gw.connections) == 1 and conn.client_close_code is None and not conn.closed.is_set()
             times = [ts for ts, _ in conn.received]
             for i, start in enumerate(times):

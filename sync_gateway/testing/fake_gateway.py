@@ -687,9 +687,11 @@ class FakeGateway:
     def _rest(self, request: Request) -> Response:
         path = urlsplit(request.path).path.rstrip("/")
         headers = {k: v for k, v in request.headers.raw_items()}
+        # websockets < 16 (the last for Python 3.9) parses GET only and has no Request.method
+        method = getattr(request, "method", "GET")
         with self._lock:
-            self._rest_requests.append((request.method, request.path, headers))
-        logger.debug("REST %s %s", request.method, request.path)
+            self._rest_requests.append((method, request.path, headers))
+        logger.debug("REST %s %s", method, request.path)
         prefix = "/api/v10"
         routes: Dict[str, Callable[[], Any]] = {
             prefix + "/gateway": lambda: {"url": self.url},
@@ -709,7 +711,7 @@ class FakeGateway:
             # Like Discord, GET /gateway needs no auth, but a wrong token is refused everywhere.
             if not (auth is None and path == prefix + "/gateway") and auth != f"Bot {self.token}":
                 return self._json_response(401, {"message": "401: Unauthorized", "code": 0})
-        if request.method != "GET":
+        if method != "GET":
             return self._json_response(405, {"message": "405: Method Not Allowed", "code": 0})
         with self._lock:
             body = routes[path]()
