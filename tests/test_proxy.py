@@ -41,10 +41,11 @@ def recv_json(ws: websocket.WebSocket) -> Dict[str, Any]:
 def wait_until(cond: Callable[[], bool], timeout: float = 2.0) -> float:
     """Poll ``cond`` (a counter read, no event to wait on); return the seconds it took."""
     started = time.monotonic()
+    pause = threading.Event()
     while not cond():
         if time.monotonic() - started > timeout:
             raise AssertionError("condition not met in time")
-        time.sleep(0.002)
+        pause.wait(0.002)
     return time.monotonic() - started
 
 
