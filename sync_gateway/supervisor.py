@@ -174,11 +174,7 @@ class Supervisor:
         if kind == "frame":
             return m.frame(item[1], item[2], now)
         if kind == "frames":
-            epoch = item[1]
-            out: List[Action] = []
-            for payload in item[2]:
-                out += m.frame(epoch, payload, now)
-            return out
+            return m.frames(item[1], item[2], now)
         if kind == "opened":
             return m.opened(item[1], now)
         if kind == "closed":
