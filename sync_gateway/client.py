@@ -54,7 +54,7 @@ class GatewayClient(HandlerMethods):
 
     >>> client = GatewayClient(token, intents=Intents.DEFAULT)
     >>> @client.on("MESSAGE_CREATE")
-    ... def on_message(event): print(event.data["content"])
+    ... def on_message(event): handle(event.data["content"])
     >>> client.run_forever()
     """
 

@@ -142,7 +142,7 @@ class ShardedClient(HandlerMethods):
 
     >>> client = ShardedClient(token, intents=Intents.DEFAULT)        # shard_count="auto"
     >>> @client.on("MESSAGE_CREATE")
-    ... def on_message(event): print(event.shard_id, event.data["content"])
+    ... def on_message(event): handle(event.shard_id, event.data["content"])
     >>> client.run_forever()
 
     ``shard_count="auto"`` takes Discord's recommendation from ``GET /gateway/bot`` (made once, in
