@@ -311,8 +311,6 @@ class GatewayClient(HandlerMethods):
             sup.post(("stop", code, max(0.0, timeout * 0.8)))
         if current is not sup.thread:
             sup.thread.join(max(0.0, deadline - time.monotonic()))
-        if sup.stopped.is_set() or not sup.thread.is_alive():
-            disp.stop()
         if current is not disp.thread and disp.thread.is_alive():
             disp.thread.join(max(0.0, deadline - time.monotonic()))
         if sup.thread.is_alive() and current is not sup.thread:

@@ -165,6 +165,9 @@ class Supervisor:
                 conn.abort()
         finally:
             self._shutdown_readers()
+            # The dispatcher runs what was already queued (the final lifecycle events included)
+            # and ends, whether the stop came from close() or from a fatal close code.
+            self.dispatcher.stop()
             self.stopped.set()
             self._notify()
 

@@ -344,3 +344,15 @@ def test_off_removes_handler(gateway, make_client):
     gateway.dispatch("MESSAGE_CREATE", {"i": 0})
     rec.wait_events("MESSAGE_CREATE", 1)
     assert seen == []
+
+
+def test_fatal_close_without_close_call_leaves_no_thread(gateway, make_client):
+    """After a fatal close the client stops by itself; its dispatcher must end too, even if the
+    program never calls close() (the thread-leak fixture checks)."""
+    gateway.identify_close_code = 4004
+    client, rec = make_client()
+    client.start()
+    rec.wait_kind("closed")
+    assert client._supervisor.stopped.wait(5)
+    client._supervisor.dispatcher.thread.join(5)
+    assert client.threads() == []
