@@ -89,6 +89,7 @@ class Connection:
         self._send_lock = threading.Lock()
         self._aborted = False
         self._close_sent: Optional[int] = None
+        self.error_hint: Optional[str] = None
         # Discord counts frames as it receives them; a second of margin absorbs the jitter of the
         # path between our clock and theirs (a frame freed at exactly 60 s could land at 59.99).
         self.window = SendWindow(limit=SEND_LIMIT, per=SEND_PERIOD + SEND_WINDOW_MARGIN)
@@ -173,7 +174,7 @@ class Connection:
             error = "closed by us"
         except CompressionError as exc:
             error = f"protocol error: {exc}"
-            log.warning("shard %d: e%d: %s; dropping the socket", self.shard_id, self.epoch, exc)
+            self.error_hint = getattr(exc, "hint", None)  # the supervisor reports repeats with it
         except (OSError, websocket.WebSocketException, ssl.SSLError, ValueError, HandshakeError) as exc:
             if self._aborted:
                 error = "closed by us"
