@@ -20,7 +20,7 @@ from .connection import Proxy
 from .errors import AuthenticationError, ConfigError, GatewayError, PayloadTooLarge
 from .intents import Intents
 from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, Status
-from .ratelimit import IdentifyGate, MemoryIdentifyGate
+from .ratelimit import IdentifyGate, MemoryIdentifyGate, bot_id_from_token
 from .stores import SessionStore, session_key
 from .supervisor import ConnectionFactory, Supervisor
 
@@ -190,6 +190,7 @@ class GatewayClient(HandlerMethods):
         self._max_concurrency = _max_concurrency or 1
         self.gateway_info: Optional[Dict[str, Any]] = None
         self._starting: Optional[Any] = None  # the REST client of a discovery in progress
+        self._bound_gate: Optional[IdentifyGate] = None
         # Invariant 8: IDENTIFY itself must fit in 4096 bytes (presence, properties and all).
         size = len(codec.encode(self._identify_payload()).encode("utf-8"))
         if size > protocol.MAX_PAYLOAD_BYTES:
@@ -280,7 +281,10 @@ class GatewayClient(HandlerMethods):
             supervisor.start()
 
     def _identify_gate(self) -> IdentifyGate:
-        return self._gate or _process_gate(self._token, self._gateway_url)
+        if self._bound_gate is None:
+            gate = self._gate or _process_gate(self._token, self._gateway_url)
+            self._bound_gate = gate.for_bot(bot_id_from_token(self._token))
+        return self._bound_gate
 
     def _rest(self, api_base: str, **kwargs: Any) -> Any:
         from .rest import RestClient

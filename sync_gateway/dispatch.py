@@ -8,7 +8,7 @@ import inspect
 import re
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union, overload
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
 
 from ._log import get_logger
 from .protocol import Dispatch, LifecycleEvent
@@ -25,6 +25,12 @@ SLOW_HANDLER_SECONDS = 5.0
 BACKLOG_WARNING = 10_000
 
 _STOP = object()
+
+
+class _Call(NamedTuple):
+    """Internal work that must run after the handlers of everything queued before it."""
+
+    fn: Callable[[], None]
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -206,6 +212,13 @@ class Dispatcher:
             self._queue.append(_STOP)
             self._cond.notify()
 
+    def put_call(self, fn: Callable[[], None]) -> None:
+        """Run *fn* on this thread once the handlers of everything queued so far have returned."""
+        with self._cond:
+            self._queue.append(_Call(fn))
+            if self._waiting:
+                self._cond.notify()
+
     def halt(self) -> None:
         """From now on no handler call starts (one already running finishes on its own); the
         thread ends at its next check. For ``close()`` whose timeout ran out."""
@@ -249,6 +262,11 @@ class Dispatcher:
                         self._call(fn, item, item.name)
                     if item.seq is not None:
                         self.handled = (item.session_id, item.seq)
+                elif type(item) is _Call:
+                    try:
+                        item.fn()
+                    except Exception:  # ours, not a handler's: reported, the thread goes on
+                        log.exception("internal work on the dispatcher thread failed")
                 else:
                     for fn in self.registry.lifecycle:
                         self._call(fn, item, f"lifecycle {item.kind}")

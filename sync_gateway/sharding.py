@@ -32,7 +32,7 @@ from .dispatch import HandlerMethods, Registry
 from .errors import AuthenticationError, ConfigError, GatewayError
 from .intents import Intents
 from .protocol import LifecycleConfig, Status
-from .ratelimit import IdentifyGate, Permit
+from .ratelimit import IdentifyGate, Permit, bot_id_from_token
 from .stores import SessionStore, session_key
 
 __all__ = ["ShardedClient", "ShardedStatus", "shard_for_guild"]
@@ -92,6 +92,9 @@ class _StartOrder(IdentifyGate):
 
     def __repr__(self) -> str:
         return f"<start order over {self.inner!r}>"
+
+    def for_bot(self, bot_id: str) -> IdentifyGate:
+        return self  # built over a gate already bound to the bot
 
     def try_acquire(self, shard_id: int, max_concurrency: int = 1) -> Permit:
         with self._lock:
@@ -287,7 +290,7 @@ class ShardedClient(HandlerMethods):
         try:
             url, count, mc, limit = self._discover()
             ids = self._shard_ids if self._shard_ids is not None else _check_shard_ids(None, count)
-            gate = self._gate_arg or _process_gate(self._token, url)
+            gate = (self._gate_arg or _process_gate(self._token, url)).for_bot(bot_id_from_token(self._token))
             if limit is not None:
                 gate.update_session_start_limit(limit)
             order = _StartOrder(gate, self._first_identifies(ids, count, mc), self._shard_gone)

@@ -43,6 +43,8 @@ from .stores import SessionRecord, SessionStore
 
 #: Seconds between two saves of the session to a store while events flow.
 PERSIST_INTERVAL = 1.0
+#: Seconds before a failed session-store write is tried again.
+STORE_RETRY = 2.0
 #: Abandoned readers kept in view (``threads()``) at most; older ones are forgotten.
 MAX_ORPHANS = 16
 #: After this many sockets in a row broke their compressed stream the same way, an ERROR says why.
@@ -91,6 +93,8 @@ class Supervisor:
         self._persist_due: Optional[float] = None
         self._saved_at = time.monotonic()
         self._store_warned = False
+        self._write_queued = False  # a store write waits on the dispatcher thread
+        self._store_retry_at = 0.0
         self._final_lock = threading.Lock()
         self._final_done = False
         self._loop_done = False
@@ -211,6 +215,8 @@ class Supervisor:
             return m.request_stop(now, code=item[1], budget=item[2])
         if kind == "start":
             return m.start(now)
+        if kind == "persist":
+            return []
         if kind == "identify_deferred":
             return m.identify_deferred(item[1], item[2], item[3], now)
         raise AssertionError(f"unknown supervisor item {item!r}")
@@ -320,28 +326,38 @@ class Supervisor:
         self._send(epoch, self._identify(), "IDENTIFY")
         return []
 
-    def _persist(self, final: bool = False) -> None:
-        """Keep the store in step with the session: saved (throttled) while it lives, with the seq
-        of the last event whose handlers returned; deleted when it is lost or closed for good."""
-        store = self._store
-        if store is None:
-            return
+    def _target(self, final: bool) -> Optional[Tuple[Any, ...]]:
+        """What the store should hold now: (session_id, seq of the last handled event, resume_url),
+        or None when there is no session to keep."""
         session = self.machine.session
         handled_session, handled_seq = self.dispatcher.handled
-        if final and not self.keep_session:
-            target: Optional[Tuple[Any, ...]] = None
-        elif session.session_id is None:
-            target = None
-        else:
-            # Only the seq of events already handled counts; before the first one, the RESUME
-            # replays from the session's start of what we had handled (READY's seq) at worst.
-            seq = handled_seq if handled_session == session.session_id else None
-            if seq is None and self._saved is not None and self._saved[0] == session.session_id:
-                seq = self._saved[1]
-            target = (session.session_id, seq, session.resume_url)
+        if (final and not self.keep_session) or session.session_id is None:
+            return None
+        # Only the seq of events already handled counts; before the first one, the RESUME
+        # replays from the session's start of what we had handled (READY's seq) at worst.
+        seq = handled_seq if handled_session == session.session_id else None
+        saved = self._saved
+        if seq is None and saved is not None and saved[0] == session.session_id:
+            seq = saved[1]
+        return (session.session_id, seq, session.resume_url)
+
+    def _persist(self) -> None:
+        """Keep the store in step with the session (supervisor thread, each loop): saved
+        (throttled) while it lives, with the seq of the last event whose handlers returned;
+        deleted when it is lost. Only the decision is taken here: the write itself runs on the
+        dispatcher thread, after the handlers of every event delivered so far (invariant 9: a
+        frozen Redis or a file lock held elsewhere never holds up a heartbeat)."""
+        store = self._store
+        if store is None or self._write_queued:
+            return
+        session = self.machine.session
+        target = self._target(final=False)
         now = time.monotonic()
+        if now < self._store_retry_at:
+            self._persist_due = self._store_retry_at
+            return
         if target == self._saved:
-            if target is not None and not final and target[1] != session.seq:
+            if target is not None and target[1] != session.seq:
                 # Events were received but their handlers have not all returned yet: nothing
                 # wakes us when they do, so look again in a moment.
                 if self._persist_due is None or now >= self._persist_due:
@@ -352,10 +368,7 @@ class Supervisor:
             if target is None or now - self._saved_at < store.max_age / 3:
                 self._persist_due = None
                 return
-            refresh = True
-        else:
-            refresh = False
-        if not (final or refresh) and target is not None and self._saved is not None and self._saved[0] == target[0]:
+        elif target is not None and self._saved is not None and self._saved[0] == target[0]:
             # same session, newer seq: at most one write per PERSIST_INTERVAL
             if self._persist_due is None:
                 self._persist_due = now + PERSIST_INTERVAL
@@ -363,20 +376,36 @@ class Supervisor:
             if now < self._persist_due:
                 return
         self._persist_due = None
+        self._write_queued = True
+        self.dispatcher.put_call(self._write_store)
+
+    def _write_store(self, final: bool = False) -> None:
+        """The store I/O (dispatcher thread, or close()'s): may block on another process."""
+        store = self._store
+        assert store is not None
+        with self._state_lock:
+            target = self._target(final)
+        now = time.monotonic()
         try:
             if target is None:
                 store.delete(self._store_key)
             else:
-                store.save(
-                    self._store_key,
-                    SessionRecord(target[0], target[1], target[2], self._shard, time.time()),
-                )
+                store.save(self._store_key, SessionRecord(target[0], target[1], target[2], self._shard, time.time()))
             self._saved = target
             self._saved_at = now
+            if self._store_warned:
+                log.info("shard %d: session store works again", self.shard_id)
+                self._store_warned = False
         except Exception as exc:  # a store outage must not take the gateway down
+            self._store_retry_at = now + STORE_RETRY
             if not self._store_warned:
-                log.warning("shard %d: session store failed (%s); the session may not survive a restart", self.shard_id, exc)
+                log.warning("shard %d: session store failed (%s: %s); the session may not survive a restart",
+                            self.shard_id, type(exc).__name__, exc)
                 self._store_warned = True
+        finally:
+            self._write_queued = False
+            if not final:
+                self.post(("persist",))  # let the supervisor look again (a newer seq, a retry)
 
     def final_persist(self) -> None:
         """The last save of the session, once: after the supervisor loop ended and the handlers
@@ -388,7 +417,7 @@ class Supervisor:
             if self._final_done:
                 return
             self._final_done = True
-            self._persist(final=True)
+            self._write_store(final=True)
 
     def _add_orphan(self, conn: Connection) -> None:
         """Keep a handle on an abandoned reader while it lives (``threads()``), never forever."""
