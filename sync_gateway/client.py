@@ -438,7 +438,9 @@ class GatewayClient(HandlerMethods):
                         "no later handler will start",
                         timeout, running[0], running[1], time.monotonic() - running[2],
                     )
-                sup.final_persist()
+                    # Save the session as handled so far. (Stuck in a session-store write
+                    # instead, the dispatcher finishes that save itself: never wait on it here.)
+                    sup.final_persist()
         if sup.thread.is_alive() and current is not sup.thread:
             log.warning("close() timed out after %.1fs; threads left to finish as daemons", timeout)
 

@@ -244,20 +244,15 @@ class Dispatcher:
             if len(batch) < BACKLOG_WARNING:
                 self._backlog_warned_at = 0
             for item in batch:
-                if self._halted:
-                    return
-                if item is _STOP:
-                    if self.on_drained is not None:
-                        try:
-                            self.on_drained()
-                        except Exception:  # a store failure is reported, the thread still ends
-                            log.exception("saving the session at the end of dispatch failed")
+                if self._halted or item is _STOP:
+                    self._drained()
                     return
                 if isinstance(item, Dispatch):
                     handlers = self.registry.handlers_for(item.name)
                     self.delivered += 1
                     for fn in handlers:
                         if self._halted:
+                            self._drained()
                             return
                         self._call(fn, item, item.name)
                     if item.seq is not None:
@@ -270,6 +265,13 @@ class Dispatcher:
                 else:
                     for fn in self.registry.lifecycle:
                         self._call(fn, item, f"lifecycle {item.kind}")
+
+    def _drained(self) -> None:
+        if self.on_drained is not None:
+            try:
+                self.on_drained()
+            except Exception:  # a store failure is reported, the thread still ends
+                log.exception("saving the session at the end of dispatch failed")
 
     def _call(self, fn: Callable[[Any], Any], arg: Any, what: str) -> None:
         started = time.monotonic()
