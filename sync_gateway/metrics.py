@@ -4,6 +4,8 @@
 >>> metrics = instrument(client)     # before or after start(); registers on prometheus_client.REGISTRY
 >>> server = metrics.serve(9108)     # GET http://host:9108/metrics; server.close() stops it
 
+``serve_client(client, port)`` does both on a registry of its own (what ``tail --metrics-port`` uses).
+
 Why it costs the gateway nothing: almost everything is read at scrape time, on the scraping
 thread, from ``client.status()`` (the supervisor's own counters, so the numbers are the ones
 ``status()`` shows), ``client.load()`` and ``client.session_start_info()``. Only what status()
@@ -51,7 +53,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+    from prometheus_client import (
+        REGISTRY,
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+        make_wsgi_app,
+    )
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -347,6 +356,23 @@ def instrument(client: Any, registry: Optional[CollectorRegistry] = None) -> Met
     return Metrics(client, registry)
 
 
+def serve_client(client: Any, port: int, addr: str = "0.0.0.0") -> Metrics:
+    """Instrument *client* on a registry of its own, with prometheus_client's process, platform and
+    GC collectors, and serve it: for a program whose only metrics are the client's (``sync-gateway
+    tail --metrics-port``). Nothing is left on the global REGISTRY; ``close()`` on the returned
+    Metrics stops the server. Raises OSError when the port cannot be bound."""
+    registry = CollectorRegistry()
+    for extra in (ProcessCollector, PlatformCollector, GCCollector):
+        extra(registry=registry)
+    metrics = Metrics(client, registry)
+    try:
+        metrics.serve(port, addr)
+    except BaseException:
+        metrics.close()
+        raise
+    return metrics
+
+
 class _QuietHandler(WSGIRequestHandler):
     """Request lines go to our DEBUG log, not stderr; a scraper that stalls is dropped."""
 
@@ -406,4 +432,4 @@ def serve(port: int, addr: str = "0.0.0.0", registry: Optional[CollectorRegistry
     return MetricsServer(port, addr, registry)
 
 
-__all__ = ["Metrics", "MetricsServer", "instrument", "serve", "disconnect_reason", "REASONS", "LATENCY_BUCKETS"]
+__all__ = ["Metrics", "MetricsServer", "instrument", "serve", "serve_client", "disconnect_reason", "REASONS", "LATENCY_BUCKETS"]

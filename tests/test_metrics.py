@@ -1,6 +1,13 @@
 """sync_gateway.metrics: scraped over real HTTP, parsed with prometheus_client's own parser, while
 faults are injected on a loopback FakeGateway; the numbers must be the ones status() shows."""
 import collections
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -261,3 +268,65 @@ def test_one_registry_refuses_a_second_instrumented_client(gateway):
             instrument(b, registry)
     with pytest.raises(TypeError):
         instrument(object(), CollectorRegistry())
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGTERM")
+def test_tail_metrics_port_serves_the_client_metrics(gateway, unused_port):
+    """`sync-gateway tail --metrics-port N`, as an operator runs it: curl-able while faults happen."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DISCORD_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    url = f"http://127.0.0.1:{unused_port}/metrics"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "sync_gateway", "tail", "--json", "--gateway-url", gateway.url,
+         "--metrics-port", str(unused_port)],
+        env=env, cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines = queue.Queue()
+    pump = threading.Thread(target=lambda: [lines.put(line) for line in p.stdout], name="test-tail-stdout", daemon=True)
+    pump.start()
+    try:
+        conn = gateway.wait_for_connections(1, timeout=60)
+        assert conn.ready.wait(60)
+        assert json.loads(lines.get(timeout=60))["name"] == "READY"
+        gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(3)])
+        for _ in range(3):
+            lines.get(timeout=60)
+        samples = scrape(url)
+        assert value(samples, "sync_gateway_state", shard=0, state="ready") == 1
+        assert value(samples, "sync_gateway_identifies_total", shard=0) == 1
+        assert value(samples, "sync_gateway_events_total", shard=0, event="MESSAGE_CREATE") == 3
+        assert "process_cpu_seconds_total" in samples or sys.platform != "linux"
+
+        conn.send_op(7)  # a fault while the operator watches: the counters follow it
+        assert wait_until(lambda: scrape(url)["sync_gateway_resumes_total"].get(frozenset({("shard", "0")})) == 1, 60)
+        samples = scrape(url)
+        assert value(samples, "sync_gateway_disconnects_total", shard=0, reason="op7_reconnect") == 1
+        assert value(samples, "sync_gateway_reconnects_total", shard=0) == 1
+
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(60)
+        pump.join(10)
+        p.stdout.close()
+        p.stderr.close()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
+
+
+def test_tail_metrics_port_in_use_is_a_usage_error(gateway):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DISCORD_TOKEN=TOKEN)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with socket.create_server(("0.0.0.0", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "sync_gateway", "tail", "--gateway-url", gateway.url, "--metrics-port", str(port)],
+            env=env, cwd=repo, capture_output=True, text=True, timeout=60,
+        )
+    assert r.returncode == 2, r.stderr
+    assert f"--metrics-port {port}: cannot listen" in r.stderr
+    assert not gateway.connections  # refused before connecting
