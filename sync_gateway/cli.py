@@ -520,9 +520,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
             text += f" {event.reason}"
         print(text, file=sys.stderr, flush=True)
 
+    # metrics first: an event is counted before its line is printed
+    metrics = _serve_metrics(client, args.metrics_port) if args.metrics_port is not None else None
     client.on("*", on_event)
     client.on_lifecycle(on_lifecycle)
-    metrics = _serve_metrics(client, args.metrics_port) if args.metrics_port is not None else None
     terminated = threading.Event()
 
     def on_sigterm(signum: int, frame: Any) -> None:

@@ -299,10 +299,18 @@ def test_tail_metrics_port_serves_the_client_metrics(gateway, unused_port):
         assert "process_cpu_seconds_total" in samples or sys.platform != "linux"
 
         conn.send_op(7)  # a fault while the operator watches: the counters follow it
-        assert wait_until(lambda: scrape(url)["sync_gateway_resumes_total"].get(frozenset({("shard", "0")})) == 1, 60)
-        samples = scrape(url)
-        assert value(samples, "sync_gateway_disconnects_total", shard=0, reason="op7_reconnect") == 1
-        assert value(samples, "sync_gateway_reconnects_total", shard=0) == 1
+        after = {}
+
+        def resumed():
+            after.update(scrape(url))
+            key = frozenset({("shard", "0"), ("reason", "op7_reconnect")})
+            return after["sync_gateway_resumes_total"].get(frozenset({("shard", "0")})) == 1 and (
+                after["sync_gateway_disconnects_total"].get(key) == 1
+            )
+
+        assert wait_until(resumed, 60, step=0.05), dict(after)
+        assert value(after, "sync_gateway_reconnects_total", shard=0) == 1
+        assert value(after, "sync_gateway_state", shard=0, state="ready") == 1
 
         p.send_signal(signal.SIGTERM)
         assert p.wait(60) == 0
