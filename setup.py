@@ -15,6 +15,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', read("sync_gateway", "_version.
 
 TESTING = ["websockets>=13.0"]
 ZSTD = ["zstandard>=0.22"]
+METRICS = ["prometheus_client>=0.17"]
 
 setup(
     name="sync-gateway",
@@ -35,9 +36,11 @@ setup(
         "zstd": ZSTD,
         "redis": ["redis>=4.5"],
         "speed": ["orjson>=3.9"],
+        "metrics": METRICS,
         "testing": TESTING,
         "test": TESTING
         + ZSTD
+        + METRICS
         + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80", "redis>=4.5"],
     },
     entry_points={"console_scripts": ["sync-gateway=sync_gateway.cli:main"]},

@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-attempts", type=_positive_int, default=None, metavar="N",
         help="give up (exit 2) after N failed connection attempts in a row (default: retry forever)",
     )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, metavar="N",
+        help="serve Prometheus metrics at http://0.0.0.0:N/metrics while tailing (needs the 'metrics' extra: "
+        "pip install 'sync-gateway[metrics]')",
+    )
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser(
@@ -515,6 +520,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             text += f" {event.reason}"
         print(text, file=sys.stderr, flush=True)
 
+    # metrics first: an event is counted before its line is printed
+    metrics = _serve_metrics(client, args.metrics_port) if args.metrics_port is not None else None
     client.on("*", on_event)
     client.on_lifecycle(on_lifecycle)
     terminated = threading.Event()
@@ -571,10 +578,26 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     finally:
         client.close()
+        if metrics is not None:
+            metrics.close()
         _restore_signal(signal.SIGTERM, previous)
         if broken.is_set():
             _silence_stdout()
     return EXIT_OK
+
+
+def _serve_metrics(client: Any, port: int) -> Any:
+    """``tail --metrics-port``: sync_gateway.metrics on a registry of its own; usage errors exit 2."""
+    if not 0 <= port <= 65535:
+        raise _UsageError(f"--metrics-port {port}: not a TCP port (0-65535)")
+    try:
+        from .metrics import serve_client
+    except ImportError as exc:
+        raise _UsageError(str(exc)) from None
+    try:
+        return serve_client(client, port)
+    except OSError as exc:
+        raise _UsageError(f"--metrics-port {port}: cannot listen: {exc.strerror or exc}") from None
 
 
 def _install_signal(signum: int, handler: Any) -> Any:

@@ -557,6 +557,26 @@ class GatewayClient(HandlerMethods):
     def latency(self) -> Optional[float]:
         return self.status().latency
 
+    def load(self) -> Dict[str, Optional[int]]:
+        """What is queued or spent at this instant, for metrics and health checks (status() is the
+        lifecycle; this is the pressure): ``dispatch_backlog`` (events waiting for handlers),
+        ``send_window_used`` / ``send_window_limit`` (frames in the ready socket's 120-per-60-s
+        window; None while no socket is ready). Cheap, never blocks on I/O, safe from any thread."""
+        sup = self._supervisor
+        conn = sup.ready_connection if sup is not None else None
+        return {
+            "dispatch_backlog": sup.dispatcher.backlog() if sup is not None else 0,
+            "send_window_used": conn.window.used() if conn is not None else None,
+            "send_window_limit": conn.window.limit if conn is not None else None,
+        }
+
+    def session_start_info(self) -> Dict[str, Any]:
+        """The bot's daily session-start budget as this client's IDENTIFY gate knows it:
+        ``{"total", "remaining", "resets_in" (seconds), "max_concurrency"}``, or ``{}`` before it is
+        known (``start()`` learns it from ``GET /gateway/bot``). A Redis/File gate reads its shared
+        ledger here, so this may do a short bounded I/O; never call it from a handler in a loop."""
+        return (self._gate or _process_gate(self._token)).session_start_info()
+
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
         sup = self._supervisor

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 from urllib.parse import urlsplit
 
 from ._log import get_logger
@@ -126,11 +126,11 @@ def _check_path(path: Any, what: str) -> str:
         raise ConfigError(f"{what}: path must be a non-empty str path")
     if fcntl is None:  # pragma: no cover - Windows
         raise ConfigError(f"{what} needs fcntl.flock (POSIX: Linux, macOS, BSD); on Windows use the Redis variant")
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
+    absolute: str = os.path.abspath(path)
+    directory = os.path.dirname(absolute)
     if not os.path.isdir(directory):
         raise ConfigError(f"{what}: directory {directory!r} does not exist")
-    return path
+    return absolute
 
 
 #: Seconds a file lock is waited for at most. These locks guard a few-millisecond read-modify-
@@ -253,7 +253,7 @@ def _redis_from_url(url: Any, what: str, *, socket_timeout: float = 2.0) -> Any:
         raise ConfigError(f"{what}: the url could not be parsed ({type(exc).__name__})") from None
 
 
-def _redis_errors() -> tuple:
+def _redis_errors() -> Tuple[Type[BaseException], ...]:
     import redis
 
     return (redis.exceptions.RedisError, OSError)

@@ -442,7 +442,7 @@ class ServerChaos:
         if self.client is None:
             return max(60.0, 3 * hb + 10.0)
         c = self.client.config
-        budget = (
+        budget: float = (
             c.hello_timeout + c.ready_timeout + c.drain_timeout + c.force_close_timeout
             + 2 * c.backoff_max + c.invalid_session_delay[1] + 2 * hb
         )
@@ -645,7 +645,7 @@ class ServerChaos:
                     ev = self._life[index]
                     index += 1
                     if ev.kind in (READY, RESUMED) and ev.epoch > mark_epoch:
-                        return ev.kind
+                        return str(ev.kind)
                     if ev.kind in ("fatal", "closed"):
                         return "failed"
                 if self._abort.is_set():
@@ -747,7 +747,7 @@ class Ledger:
         self._duplicates: List[Tuple[str, int]] = []
         self._unattributed = 0
         self._events_seen = 0
-        self._lost_sessions: set = set()
+        self._lost_sessions: set[Optional[str]] = set()
         self._settled: Dict[str, int] = {}
         self._lifecycle: Dict[str, int] = {}
         self._escalations = 0
@@ -1041,7 +1041,7 @@ class Ledger:
 
     @staticmethod
     def _ok(s: Mapping[str, Any]) -> bool:
-        return (
+        return bool(
             s["lost"] == 0
             and s["duplicates"] == 0
             and s["mismatched"] == 0
