@@ -575,7 +575,7 @@ class GatewayClient(HandlerMethods):
         ``{"total", "remaining", "resets_in" (seconds), "max_concurrency"}``, or ``{}`` before it is
         known (``start()`` learns it from ``GET /gateway/bot``). A Redis/File gate reads its shared
         ledger here, so this may do a short bounded I/O; never call it from a handler in a loop."""
-        return (self._gate or _process_gate(self._token)).session_start_info()
+        return self._identify_gate().session_start_info()
 
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
