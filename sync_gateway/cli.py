@@ -50,7 +50,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Set, TextIO
+from typing import Any, Dict, Iterable, List, Mapping, NoReturn, Optional, Sequence, Set, TextIO
 from urllib.parse import urlsplit
 
 from ._log import REDACTED, get_logger, register_secret
@@ -239,7 +239,8 @@ class _RefuseToken(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option_string: Any = None) -> None:
         if isinstance(values, str):
             _remember_secret(values)
-        parser.error(_TOKEN_REFUSED + (_TOKEN_REFUSED_TYPED if values else ""))
+        typed = isinstance(values, str) and (looks_like_token(values) or len(values.strip()) >= 20)
+        parser.error(_TOKEN_REFUSED + (_TOKEN_REFUSED_TYPED if typed else ""))
 
 
 def _refuse_token_option(p: argparse.ArgumentParser) -> None:
@@ -461,10 +462,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 # ---------------------------------------------------------------------------------------------
 # shared helpers
 
@@ -532,13 +529,13 @@ def _note(message: str) -> None:
     print(f"{_clock()} {redact(message)}", file=sys.stderr, flush=True)
 
 
-def read_token(token_file: Optional[str], env: Optional[Dict[str, str]] = None) -> str:
+def read_token(token_file: Optional[str], env: Optional[Mapping[str, str]] = None) -> str:
     """The bot token from *token_file* ('-': stdin) or ``DISCORD_TOKEN``; raises _UsageError.
 
     No message names a file whose name looks like a token (``--token-file <TOKEN>`` is a common
     slip), and none quotes the file's contents.
     """
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     if token_file:
         named = "the token file" if looks_like_token(token_file) else f"the token file {token_file!r}"
         try:
@@ -561,7 +558,7 @@ def read_token(token_file: Optional[str], env: Optional[Dict[str, str]] = None) 
         token = text.strip()
         source = named
     else:
-        token = env.get("DISCORD_TOKEN", "").strip()
+        token = environ.get("DISCORD_TOKEN", "").strip()
         source = "DISCORD_TOKEN"
         if not token:
             raise _UsageError("no bot token: " + _TOKEN_HELP)
