@@ -112,7 +112,8 @@ def check_compress(compress: Optional[str]) -> Optional[str]:
             import zstandard  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "compress='zstd-stream' needs the zstandard package: pip install 'sync-gateway[zstd]'"
+                "compress='zstd-stream' needs the zstandard package: pip install 'sync-gateway[zstd]' "
+                "(from a checkout: pip install -e '.[zstd]')"
             ) from None
     return compress
 

@@ -143,7 +143,7 @@ def fatal_error(code: int, reason: str = "", intents: Optional[int] = None) -> F
             "(your application -> Bot -> Privileged Gateway Intents), or leave it out of intents"
         )
     elif code == 4004:
-        message += ". Check the token (Developer Portal -> Bot -> Reset Token); it must be the bot token, without 'Bot '"
+        message += ". Check that it is the bot token, not the client secret, or make a new one (Developer Portal -> Bot -> Reset Token)"
     elif code == 4011:
         message += ". Use ShardedClient or pass shard=(id, count)"
     elif code == 4013:
@@ -1237,7 +1237,8 @@ class ShardMachine:
             limit = self.config.max_attempts
             if limit is not None and self.failed_attempts >= limit:
                 self._pending_error = GatewayError(
-                    f"gave up after {self.failed_attempts} failed connection attempts; last: {why}"
+                    f"gave up after {self.failed_attempts} failed connection "
+                    f"attempt{'' if self.failed_attempts == 1 else 's'}; last: {why}"
                 )
                 self.last_error = str(self._pending_error)
         if delay == "invalid_session":

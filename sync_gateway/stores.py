@@ -239,7 +239,10 @@ def _redis_from_url(url: Any, what: str, *, socket_timeout: float = 2.0) -> Any:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
     except ImportError:
-        raise ConfigError(f"{what} needs the redis package: pip install 'sync-gateway[redis]'") from None
+        raise ConfigError(
+            f"{what} needs the redis package: pip install 'sync-gateway[redis]' "
+            "(from a checkout: pip install -e '.[redis]')"
+        ) from None
     try:
         # One quick retry (a pooled connection that died with a Redis restart), then fail: these
         # calls run on the supervisor or dispatcher thread, which must not hang on an outage.

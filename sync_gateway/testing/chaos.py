@@ -50,6 +50,7 @@ __all__ = [
     "StuckReaders",
     "ChaosRig",
     "chaos_config",
+    "heartbeat_for_fault_rate",
 ]
 
 logger = get_logger(__name__)
@@ -331,6 +332,24 @@ _BY_NAME: Dict[str, Fault] = {f.name: f for f in FAULTS}
 
 #: The five faults of ``sync-gateway demo``, in the order it injects them.
 DEMO_FAULTS: Tuple[str, ...] = ("frozen-fresh", "op7", "op9-not-resumable", "zombie", "hello-stall")
+
+
+#: The shortest heartbeat interval :func:`heartbeat_for_fault_rate` picks (ms).
+MIN_CHAOS_HEARTBEAT_MS = 100
+
+
+def heartbeat_for_fault_rate(every: float, ceiling_ms: int = 41250) -> int:
+    """A HELLO ``heartbeat_interval`` (ms) short enough for a fault every *every* seconds.
+
+    A zombie fault (heartbeats not ACKed) is noticed only when the client's next beat finds the
+    last one unanswered, up to two intervals later, and the engine waits for recovery before the
+    next fault: with Discord's 41.25 s, one zombie stalls every later fault for ~50 s. A quarter of
+    the spacing lets the zombie be noticed and recovered from within about half of it. Never above
+    *ceiling_ms* (Discord's value by default), never below :data:`MIN_CHAOS_HEARTBEAT_MS`.
+    """
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ValueError(f"every must be a number of seconds > 0, got {every!r}")
+    return int(max(MIN_CHAOS_HEARTBEAT_MS, min(ceiling_ms, every * 1000.0 / 4.0)))
 
 
 def fault_names() -> List[str]:
