@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port", type=int, default=None, metavar="N",
         help="serve Prometheus metrics at http://0.0.0.0:N/metrics while tailing (needs the 'metrics' extra: "
-        "pip install 'sync-gateway[metrics]')",
+        "pip install 'sync-gateway[metrics]'; from a checkout: pip install -e '.[metrics]'); default: off",
     )
     p.set_defaults(func=cmd_tail)
 
@@ -884,7 +884,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
     api_base = _check_api_base(args.api_base)
     token = read_token(args.token_file)
     config = LifecycleConfig(max_attempts=args.max_attempts) if args.max_attempts else None
-    extra: Dict[str, Any] = {}
     try:
         from . import codec
 
@@ -894,16 +893,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 _note(f"asking {api_base} for the gateway URL (GET /gateway/bot, timeout {args.timeout:g}s)...")
             info = _discover(token, api_base, args.timeout)
             gateway_url = info["url"]
-            limit = info.get("session_start_limit")
-            if isinstance(limit, dict):
-                mc = limit.get("max_concurrency")
-                if isinstance(mc, int) and not isinstance(mc, bool) and mc >= 1:
-                    extra["_max_concurrency"] = mc
-                from .client import _process_gate
-
-                _process_gate(token).update_session_start_limit(dict(limit))
+            # The client reads the session-start limit from api_base itself at start() (bounded),
+            # into the IDENTIFY gate it binds to this bot.
         client = GatewayClient(
-            token, intents, gateway_url=gateway_url, api_base=api_base, config=config, compress=compress, **extra
+            token, intents, gateway_url=gateway_url, api_base=api_base, config=config, compress=compress
         )
     except ConfigError as exc:
         raise _UsageError(str(exc)) from None
