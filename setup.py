@@ -36,11 +36,17 @@ setup(
         "redis": ["redis>=4.5"],
         "speed": ["orjson>=3.9"],
         "testing": TESTING,
+        # the reference (docs/): sphinx-build -W -n -b html docs docs/_build
+        "docs": ["sphinx>=7"],
         "test": TESTING
         + ZSTD
         + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80", "redis>=4.5"],
     },
-    entry_points={"console_scripts": ["sync-gateway=sync_gateway.cli:main"]},
+    entry_points={
+        "console_scripts": ["sync-gateway=sync_gateway.cli:main"],
+        # the fake_gateway / gateway_client fixtures; the module imports the library only inside them
+        "pytest11": ["sync_gateway=sync_gateway.testing.pytest_plugin"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",
