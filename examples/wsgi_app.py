@@ -1,0 +1,84 @@
+"""A web app with a gateway client inside: any WSGI server (gunicorn, uwsgi, Flask's, or the
+standard library's wsgiref below) serves it, and the client runs on its own threads.
+
+The client is built and started once, when the module is imported (one per worker process), and
+closed at interpreter exit. Two routes: ``/health`` (200 when connected and heartbeats are
+acknowledged, else 503: a container health check) and ``/messages`` (the last 20, as JSON)::
+
+    DISCORD_TOKEN=... gunicorn --workers 1 wsgi_app:app         # with gunicorn
+    DISCORD_TOKEN=any SYNC_GATEWAY_URL=ws://127.0.0.1:PORT/ python examples/wsgi_app.py --port 8000
+
+With Flask, keep the client part as it is and route to ``healthy(client)`` and ``recent``.
+"""
+import argparse
+import atexit
+import collections
+import json
+import os
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import sync_gateway as sg
+
+client = sg.GatewayClient(
+    os.environ["DISCORD_TOKEN"],
+    intents=sg.Intents.DEFAULT | sg.Intents.MESSAGE_CONTENT,
+    gateway_url=os.environ.get("SYNC_GATEWAY_URL"),
+)
+recent = collections.deque(maxlen=20)  # appended on the client's thread, read on the server's
+
+
+@client.on("MESSAGE_CREATE")
+def remember(event):
+    recent.append({"author": event.data["author"]["username"], "content": event.data["content"]})
+    print("message:", event.data["content"], flush=True)
+
+
+client.start()  # returns at once
+atexit.register(client.close)
+
+
+def healthy(client) -> bool:
+    st = client.status()
+    if st.state != "ready":
+        return False
+    last = st.last_heartbeat_ack_at or st.connected_at  # no ACK yet just after connecting
+    return last is not None and time.monotonic() - last < 2 * (st.heartbeat_interval or 45.0)
+
+
+def app(environ, start_response):
+    path = environ.get("PATH_INFO", "/")
+    if path == "/health":
+        ok = healthy(client)
+        status, body = ("200 OK" if ok else "503 Service Unavailable"), {"ok": ok, "state": client.status().state}
+    elif path == "/messages":
+        status, body = "200 OK", list(recent)
+    else:
+        status, body = "404 Not Found", {"error": "try /health or /messages"}
+    data = json.dumps(body).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args):  # one line per request is noise here
+        pass
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="serve the app with the standard library's wsgiref")
+    parser.add_argument("--port", type=int, default=8000, help="0: any free port")
+    parser.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
+    args = parser.parse_args()
+    with make_server("127.0.0.1", args.port, app, handler_class=QuietHandler) as server:
+        if args.seconds is not None:
+            timer = threading.Timer(args.seconds, server.shutdown)
+            timer.daemon = True  # Ctrl-C before then: do not wait for it
+            timer.start()
+        client.wait_until_ready(timeout=30)
+        print(f"serving on http://127.0.0.1:{server.server_port}/ (state: {client.status().state})", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
