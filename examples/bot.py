@@ -5,9 +5,8 @@ line (a presence update, op 3: the gateway's one way of talking back; replies in
 through the REST API). Run it::
 
     DISCORD_TOKEN=... python examples/bot.py                 # against Discord
-    DISCORD_TOKEN=any SYNC_GATEWAY_URL=ws://127.0.0.1:PORT/ python examples/bot.py --seconds 30
+    DISCORD_TOKEN=any SYNC_GATEWAY_URL=ws://127.0.0.1:PORT/ python examples/bot.py
 """
-import argparse
 import os
 import threading
 from typing import Dict
@@ -50,21 +49,16 @@ class Bot:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="a small bot that keeps its guild list")
-    parser.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
-    args = parser.parse_args()
     bot = Bot()
-    with sg.GatewayClient(
+    client = sg.GatewayClient(
         os.environ["DISCORD_TOKEN"],
         intents=sg.Intents.DEFAULT | sg.Intents.MESSAGE_CONTENT,
         gateway_url=os.environ.get("SYNC_GATEWAY_URL"),
-    ) as client:
-        bot.register(client)
-        client.on("READY", lambda event: print("ready"))
-        client.on("GUILD_CREATE", lambda event: print("guilds:", sorted(bot.guilds.values())))
-        client.start()
-        stopped = threading.Event()
-        try:
-            stopped.wait(args.seconds)  # None: until Ctrl-C
-        except KeyboardInterrupt:
-            pass
+    )
+    bot.register(client)
+    client.on("READY", lambda event: print("ready"))
+    client.on("GUILD_CREATE", lambda event: print("guilds:", sorted(bot.guilds.values())))
+    try:
+        client.run_forever()
+    except KeyboardInterrupt:  # Ctrl-C: closed with code 1000
+        pass

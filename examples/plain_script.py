@@ -1,22 +1,16 @@
-"""Print every message the bot sees. The smallest complete program.
+"""Print every message the bot sees: the smallest complete program. Ctrl-C stops it.
 
-Against Discord: ``DISCORD_TOKEN=... python examples/plain_script.py`` (the bot needs the
-MESSAGE_CONTENT intent switched on in the Developer Portal to see message text).
+Against Discord: ``DISCORD_TOKEN=... python examples/plain_script.py`` (to see message text the bot
+needs the MESSAGE_CONTENT intent switched on in the Developer Portal).
 
-Against the fake gateway, no token needed::
+Against the fake gateway, with no token and no network::
 
-    sync-gateway fake-gateway --rate 1           # prints gateway_url: ws://127.0.0.1:PORT/
-    DISCORD_TOKEN=any SYNC_GATEWAY_URL=ws://127.0.0.1:PORT/ python examples/plain_script.py --seconds 10
+    sync-gateway fake-gateway --rate 1     # prints gateway_url: ws://127.0.0.1:PORT/
+    DISCORD_TOKEN=any SYNC_GATEWAY_URL=ws://127.0.0.1:PORT/ python examples/plain_script.py
 """
-import argparse
 import os
-import time
 
 import sync_gateway as sg
-
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
-args = parser.parse_args()
 
 client = sg.GatewayClient(
     os.environ["DISCORD_TOKEN"],
@@ -35,9 +29,7 @@ def on_message(event):
     print(event.data["author"]["username"], event.data["content"])
 
 
-if args.seconds is None:
-    client.run_forever()  # blocks; Ctrl-C closes (code 1000) and re-raises
-else:
-    with client:  # __exit__ always closes
-        client.start()  # returns at once; handlers run on the client's own thread
-        time.sleep(args.seconds)
+try:
+    client.run_forever()  # blocks; handlers run on the client's own thread meanwhile
+except KeyboardInterrupt:  # Ctrl-C: run_forever() closed the connection (code 1000) first
+    pass

@@ -3,9 +3,11 @@ standard library's wsgiref below) serves it, and the client runs on its own thre
 
 The client is built and started once, when the module is imported (one per worker process), and
 closed at interpreter exit. Two routes: ``/health`` (200 when connected and heartbeats are
-acknowledged, else 503: a container health check) and ``/messages`` (the last 20, as JSON)::
+acknowledged, else 503: a container health check; see ``health.py``) and ``/messages`` (the last
+20, as JSON). Ctrl-C stops the server::
 
-    DISCORD_TOKEN=... gunicorn --workers 1 wsgi_app:app         # with gunicorn
+    DISCORD_TOKEN=... gunicorn --workers 1 wsgi_app:app         # with gunicorn (not --preload:
+                                                                 # threads do not survive a fork)
     DISCORD_TOKEN=any SYNC_GATEWAY_URL=ws://127.0.0.1:PORT/ python examples/wsgi_app.py --port 8000
 
 With Flask, keep the client part as it is and route to ``healthy(client)`` and ``recent``.
@@ -15,11 +17,10 @@ import atexit
 import collections
 import json
 import os
-import threading
-import time
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import sync_gateway as sg
+from health import healthy  # examples/health.py
 
 client = sg.GatewayClient(
     os.environ["DISCORD_TOKEN"],
@@ -37,14 +38,6 @@ def remember(event):
 
 client.start()  # returns at once
 atexit.register(client.close)
-
-
-def healthy(client) -> bool:
-    st = client.status()
-    if st.state != "ready":
-        return False
-    last = st.last_heartbeat_ack_at or st.connected_at  # no ACK yet just after connecting
-    return last is not None and time.monotonic() - last < 2 * (st.heartbeat_interval or 45.0)
 
 
 def app(environ, start_response):
@@ -69,13 +62,8 @@ class QuietHandler(WSGIRequestHandler):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="serve the app with the standard library's wsgiref")
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
-    parser.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C)")
     args = parser.parse_args()
     with make_server("127.0.0.1", args.port, app, handler_class=QuietHandler) as server:
-        if args.seconds is not None:
-            timer = threading.Timer(args.seconds, server.shutdown)
-            timer.daemon = True  # Ctrl-C before then: do not wait for it
-            timer.start()
         client.wait_until_ready(timeout=30)
         print(f"serving on http://127.0.0.1:{server.server_port}/ (state: {client.status().state})", flush=True)
         try:

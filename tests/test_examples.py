@@ -23,6 +23,12 @@ EXAMPLES = ROOT / "examples"
 TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.example-token.for-tests-only"
 
 
+def _default_sigint():
+    # A job started in the background of a shell inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt: give the child the default, so Ctrl-C (SIGINT) works as for a user.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Example:
     """One example script as a child process; its stdout and stderr lines are read by threads so
     the test can wait for a line of either (with a timeout) without polling."""
@@ -36,6 +42,7 @@ class Example:
             [sys.executable, str(EXAMPLES / script), *args],
             cwd=str(cwd or EXAMPLES), env=full_env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_default_sigint,
         )
         self.lines = queue.Queue()
         self.out, self.err = [], []
@@ -84,6 +91,11 @@ class Example:
                     del left[p]
                     break
         return [found[p] for p in patterns]
+
+    def interrupt(self, sig=signal.SIGINT, timeout=30.0):
+        """Send *sig* (Ctrl-C by default) and return the exit code."""
+        self.proc.send_signal(sig)
+        return self.wait(timeout)
 
     def wait(self, timeout=30.0):
         code = self.proc.wait(timeout)
@@ -146,11 +158,11 @@ def test_every_example_is_covered_here():
 
 
 def test_plain_script_prints_messages(gateway, run):
-    ex = run("plain_script.py", "--seconds", "3")
+    ex = run("plain_script.py")
     ex.expect(r"^ready as ")
     dispatch_when_ready(gateway, "MESSAGE_CREATE", message("hello from the fake"))
     ex.expect(r"^ann hello from the fake$")
-    assert ex.wait() == 0, ex.output()
+    assert ex.interrupt() == 0, ex.output()  # Ctrl-C
     assert gateway.connections[0].client_close_code == 1000
 
 
@@ -170,68 +182,70 @@ def test_systemd_service_stops_cleanly_on_sigterm(gateway, run):
     assert conn.ready.wait(20)
     gateway.dispatch("MESSAGE_CREATE", message("deploy finished"))
     ex.expect(r"INFO mybot: message in 20: deploy finished$")  # its log, on stderr as journald takes it
-    ex.proc.send_signal(signal.SIGTERM)
-    assert ex.wait() == 0, ex.output()
+    assert ex.interrupt(signal.SIGTERM) == 0, ex.output()
     err = "".join(ex.err)
     assert "SIGTERM: closing" in err and "INFO mybot: closed" in err
     assert conn.client_close_code == 1000
 
 
-def test_the_bots_handler_tests_pass_with_the_plugin(tmp_path):
+def test_the_bot_and_recipe_tests_pass_with_the_plugin(tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # load the plugin by name: independent of what is installed
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "sync_gateway.testing.pytest_plugin", "-p", "no:cacheprovider",
-         "-q", "--rootdir", str(tmp_path), str(EXAMPLES / "test_bot.py")],
+         "-q", "--rootdir", str(tmp_path), str(EXAMPLES / "test_bot.py"), str(EXAMPLES / "test_recipes.py")],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=80,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 passed" in proc.stdout
+    assert "7 passed" in proc.stdout
 
 
 def test_the_bot_runs_on_its_own(gateway, run):
-    ex = run("bot.py", "--seconds", "3")
+    ex = run("bot.py")
     ex.expect(r"^ready$")
     dispatch_when_ready(gateway, "GUILD_CREATE", {"id": "7", "name": "Cats"})
     ex.expect(r"^guilds: \['Cats'\]$")
-    assert ex.wait() == 0, ex.output()
+    assert ex.interrupt() == 0, ex.output()
+    assert gateway.connections[0].client_close_code == 1000
 
 
 def test_sharding_runs_the_recommended_shards(gateway, run):
     gateway.gateway_bot["shards"] = 2
     gateway.gateway_bot["session_start_limit"]["max_concurrency"] = 2  # both IDENTIFY at once
-    ex = run("sharding.py", "--seconds", "4", env={"SYNC_GATEWAY_API_BASE": gateway.api_base})
-    ex.expect_all([r"-dispatch-s0 shard 0: ready$", r"-dispatch-s1 shard 1: ready$",
-                   r"^MainThread ready: 2 shard\(s\), guild 123 is on shard 0$"])
+    ex = run("sharding.py", env={"SYNC_GATEWAY_API_BASE": gateway.api_base})
+    ex.expect_all([r"-dispatch-s0 shard 0 of 2: ready$", r"-dispatch-s1 shard 1 of 2: ready$"])
+    # guild 0 lives on shard 0, guild 1 << 22 on shard 1 ((guild_id >> 22) % shard_count)
     for conn in gateway.connections:
-        shard = conn.identify["shard"]  # the IDENTIFY payload's d
-        gateway.dispatch("GUILD_CREATE", {"id": str(shard[0]), "name": f"g{shard[0]}"}, connection=conn)
-    ex.expect_all([r"-dispatch-s0 shard 0: guild g0$", r"-dispatch-s1 shard 1: guild g1$"])
-    assert ex.wait() == 0, ex.output()
+        shard = conn.identify["shard"][0]  # the IDENTIFY payload's d
+        gateway.dispatch("GUILD_CREATE", {"id": str(shard << 22), "name": f"g{shard}"}, connection=conn)
+    ex.expect_all([r"-dispatch-s0 shard 0: guild g0 \(shard_for_guild says 0\)$",
+                   r"-dispatch-s1 shard 1: guild g1 \(shard_for_guild says 1\)$"])
+    assert ex.interrupt() == 0, ex.output()
+    assert [c.client_close_code for c in gateway.connections] == [1000, 1000]
     assert ("GET", "/api/v10/gateway/bot") in [(m, p.split("?")[0]) for m, p, _ in gateway.rest_requests]
 
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH (apt-get install redis-server)")
-def test_redis_worker_gets_the_gateways_events(gateway, run, tmp_path):
+def test_redis_gateway_and_worker(gateway, run, tmp_path):
     pytest.importorskip("redis")
     with redis_server(str(tmp_path)) as url:
-        worker = run("redis_worker.py", "worker", "--name", "w1", env={"REDIS_URL": url})
-        worker.expect(r"^worker w1: reading mybot:events$")
-        gw = run("redis_worker.py", "gateway", env={"REDIS_URL": url})
+        worker = run("redis_worker.py", "w1", env={"REDIS_URL": url})
+        worker.expect(r"^w1: reading mybot:events$")
+        gw = run("redis_gateway.py", env={"REDIS_URL": url})
         gw.expect(r"^gateway: ready$")
         seq = dispatch_when_ready(gateway, "MESSAGE_CREATE", message("to the workers"))
-        worker.expect(rf"^worker: to the workers \(seq {seq}, entry \d+-\d+\)$")
-        gw.proc.send_signal(signal.SIGTERM)
-        assert gw.wait() == 0, gw.output()
+        worker.expect(rf"^w1: to the workers \(seq {seq}, entry \d+-\d+\)$")
+        assert gw.interrupt(signal.SIGTERM) == 0, gw.output()
         assert re.search(r"gateway: closed after writing [2-9] event\(s\)", "".join(gw.out)), gw.output()
-        worker.proc.send_signal(signal.SIGTERM)
-        assert worker.wait() == 0, worker.output()
-        assert re.search(r"worker w1: stopped after [2-9] event\(s\)", "".join(worker.out)), worker.output()
+        assert worker.interrupt(signal.SIGTERM) == 0, worker.output()
+        assert re.search(r"w1: stopped after [2-9] event\(s\)", "".join(worker.out)), worker.output()
 
 
 def test_wsgi_app_serves_health_and_messages(gateway, run):
-    ex = run("wsgi_app.py", "--port", "0", "--seconds", "20")
+    # /health answers with healthy(client) from "health.py", which the app imports
+    assert "from health import healthy" in (EXAMPLES / "wsgi_app.py").read_text(encoding="utf-8")
+    ex = run("wsgi_app.py", "--port", "0")
     base = ex.expect(r"^serving on (http://127\.0\.0\.1:\d+/) \(state: ready\)$").group(1)
     with urllib.request.urlopen(base + "health", timeout=10) as resp:
         assert resp.status == 200 and json.load(resp) == {"ok": True, "state": "ready"}
@@ -239,6 +253,5 @@ def test_wsgi_app_serves_health_and_messages(gateway, run):
     ex.expect(r"^message: over http$")
     with urllib.request.urlopen(base + "messages", timeout=10) as resp:
         assert json.load(resp) == [{"author": "ann", "content": "over http"}]
-    ex.proc.send_signal(signal.SIGINT)  # Ctrl-C: serve_forever stops, atexit closes the client
-    assert ex.wait() == 0, ex.output()
+    assert ex.interrupt() == 0, ex.output()  # Ctrl-C: serve_forever stops, atexit closes the client
     assert gateway.connections[0].client_close_code == 1000
