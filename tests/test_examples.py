@@ -255,3 +255,27 @@ def test_wsgi_app_serves_health_and_messages(gateway, run):
         assert json.load(resp) == [{"author": "ann", "content": "over http"}]
     assert ex.interrupt() == 0, ex.output()  # Ctrl-C: serve_forever stops, atexit closes the client
     assert gateway.connections[0].client_close_code == 1000
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not on PATH (apt-get install redis-server)")
+def test_sharding_processes_share_the_gate_and_resume_after_sigterm(gateway, run, tmp_path):
+    pytest.importorskip("redis")
+    with redis_server(str(tmp_path)) as url:
+        env = {"REDIS_URL": url, "SHARD_COUNT": "2"}
+        a = run("sharding_processes.py", env={**env, "SHARD_IDS": "0"})
+        b = run("sharding_processes.py", env={**env, "SHARD_IDS": "1-1"})
+        a.expect(r"shard 0: ready$")
+        b.expect(r"shard 1: ready$", timeout=30)
+        identifies = sorted(c.wait_for(op=2)["d"]["shard"][0] for c in gateway.connections)
+        assert identifies == [0, 1]
+        # max_concurrency 1: one bucket, one IDENTIFY per 5 s, kept across the two processes
+        t = sorted(next(ts for ts, p in c.received if p.get("op") == 2) for c in gateway.connections)
+        assert t[1] - t[0] > 4.5, t
+
+        conn_a = next(c for c in gateway.connections if c.identify["shard"][0] == 0)
+        assert a.interrupt(signal.SIGTERM) == 0, a.output()  # a deploy: the session is kept
+        assert conn_a.client_close_code == 4000
+        again = run("sharding_processes.py", env={**env, "SHARD_IDS": "0"})
+        again.expect(r"shard 0: resumed$")
+        assert gateway.connections[-1].resume is not None and gateway.connections[-1].identify is None
+        assert again.interrupt() == 0 and b.interrupt() == 0  # Ctrl-C: closed for good
