@@ -6,10 +6,11 @@ FakeGateway. Each block is also complete as pasted: it compiles and uses no name
 define or import (the NameError a fragment would raise). Plain ``::`` literal blocks are for shell
 commands and output only, so Python cannot hide in one untested.
 """
-import ast
 import builtins
 import re
+import subprocess
 import symtable
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,27 @@ def test_every_public_name_is_in_the_reference():
     api = (ROOT / "docs" / "api.rst").read_text(encoding="utf-8")
     missing = [n for n in sync_gateway.__all__ if n != "__version__" and not re.search(rf"\b{re.escape(n)}\b", api)]
     assert not missing, f"docs/api.rst does not document: {missing}"
+
+
+def test_the_reference_builds_with_warnings_as_errors(tmp_path):
+    # .ci/run builds it too (after installing the docs extra); here when Sphinx is at hand.
+    pytest.importorskip("sphinx", reason="Sphinx is not installed (pip install -e '.[docs]')")
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "-n", "-q", "-b", "html", "-d", str(tmp_path / "doctrees"),
+         str(ROOT / "docs"), str(tmp_path / "html")],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    api = (tmp_path / "html" / "api.html").read_text(encoding="utf-8")
+    for anchor in ("sync_gateway.GatewayClient.update_presence", "sync_gateway.Dispatch.session_id",
+                   "sync_gateway.LifecycleEvent.shard_id", "sync_gateway.GatewayClient.on"):
+        assert f'id="{anchor}"' in api, anchor
+    testing = (tmp_path / "html" / "testing.html").read_text(encoding="utf-8")
+    for anchor in ("sync_gateway.testing.ServerConnection.wait_for", "sync_gateway.testing.pytest_plugin.gateway_client"):
+        assert f'id="{anchor}"' in testing, anchor
+    import html
+
+    cli = html.unescape(re.sub(r"<[^>]+>", "", (tmp_path / "html" / "cli.html").read_text(encoding="utf-8")))
+    for option in ("--heartbeat-interval", "--max-attempts", "--timeout", "--gateway-url"):
+        assert option in cli, option
