@@ -45,7 +45,8 @@ setup(
     entry_points={
         "console_scripts": ["sync-gateway=sync_gateway.cli:main"],
         # the fake_gateway / gateway_client fixtures; the module imports the library only inside them
-        "pytest11": ["sync_gateway=sync_gateway.testing.pytest_plugin"],
+        # (named as the module, so "-p sync_gateway.testing.pytest_plugin" on top of it is harmless)
+        "pytest11": ["sync_gateway.testing.pytest_plugin=sync_gateway.testing.pytest_plugin"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -135,9 +135,33 @@ def test_setup_declares_the_entry_point_and_extras(tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = next(tmp_path.glob("*.egg-info"))
     entry_points = (info / "entry_points.txt").read_text()
-    assert "[pytest11]\nsync_gateway = sync_gateway.testing.pytest_plugin" in entry_points
+    assert "[pytest11]\nsync_gateway.testing.pytest_plugin = sync_gateway.testing.pytest_plugin" in entry_points
     requires = (info / "requires.txt").read_text()
     for extra in ("[testing]", "[test]", "[docs]"):
         assert extra in requires
     testing = requires.split("[testing]", 1)[1].split("[", 1)[0]
     assert "websockets" in testing
+
+
+def test_the_entry_point_registers_the_fixtures(tmp_path):
+    # Metadata as an install writes it (egg_info), found on sys.path by importlib.metadata just as
+    # pytest finds an installed plugin: no -p, autoload on. "-p <module>" on top must not clash.
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(meta)],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=100,
+    )
+    assert proc.returncode == 0, proc.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "test_user.py").write_text("def test_x(fake_gateway, gateway_client):\n    assert gateway_client.status().state == 'ready'\n")
+    env = dict(os.environ)
+    env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(meta), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    for extra in ([], ["-p", PLUGIN]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra, "test_user.py"],
+            cwd=str(work), env=env, capture_output=True, text=True, timeout=100,
+        )
+        assert proc.returncode == 0 and "1 passed" in proc.stdout, (extra, proc.stdout + proc.stderr)
