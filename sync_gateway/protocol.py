@@ -638,6 +638,7 @@ class _Socket:
     ack_pending: bool = False
     beat_sent_at: Optional[float] = None
     handshake_sent: bool = False
+    announced: bool = False  # the "identifying"/"resuming" event was emitted for this socket
 
 
 class ShardMachine:
@@ -1091,6 +1092,9 @@ class ShardMachine:
                     SendResume(s.epoch, self.session.session_id, self.session.seq)]
         self.identifies += 1
         self.identify_wait = None
+        if s.announced:  # a retry after the IDENTIFY gate deferred: the transition was already told
+            return [SendIdentify(s.epoch)]
+        s.announced = True
         return [self._event("identifying", now), SendIdentify(s.epoch)]
 
     def _on_dispatch(self, s: _Socket, payload: Mapping[str, Any], now: float) -> List[Action]:
@@ -1220,7 +1224,10 @@ class ShardMachine:
         actions: List[Action] = []
         if failure:
             self.failed_attempts += 1
-            if s.resume and self.session.resumable:
+            # Only a gateway that answered and then failed to resume counts (RESUME sent, then no
+            # RESUMED or a close): refused connects, DNS and TLS failures during an outage do not,
+            # so a minute without network still ends in RESUMED with every missed event replayed.
+            if s.resume and s.handshake_sent and self.session.resumable:
                 self.resume_failures += 1
                 if self.resume_failures >= self.config.max_resume_failures:
                     actions += self._drop_session(

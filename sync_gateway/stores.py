@@ -133,17 +133,40 @@ def _check_path(path: Any, what: str) -> str:
     return path
 
 
+#: Seconds a file lock is waited for at most. These locks guard a few-millisecond read-modify-
+#: write, and the IDENTIFY gate's runs on the supervisor thread, which sends heartbeats: a lock
+#: held longer by another process (stopped, frozen, on a stalled disk) is an outage, not a wait.
+LOCK_TIMEOUT = 0.25
+
+
 @contextlib.contextmanager
-def _flocked(lock_path: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on *lock_path* (created if missing). ``flock`` belongs to the open
-    file description, so two threads of one process exclude each other as two processes do, and
-    the kernel drops the lock when a holder dies (even by SIGKILL): no stale lock files."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+def _flocked(lock_path: str, thread_lock: Optional[Any] = None, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold *thread_lock* (if given) and an exclusive ``flock`` on *lock_path* (created if missing),
+    or raise ``TimeoutError`` (an ``OSError``) after *timeout* seconds. ``flock`` belongs to the
+    open file description, so two threads of one process exclude each other as two processes do,
+    and the kernel drops the lock when a holder dies (even by SIGKILL): no stale lock files.
+    ``flock`` has no timeout of its own, so a non-blocking attempt is repeated at short intervals."""
+    deadline = time.monotonic() + timeout
+    if thread_lock is not None and not thread_lock.acquire(timeout=timeout):
+        raise TimeoutError(f"{lock_path} is busy in this process for over {timeout:g}s")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            pause = threading.Event()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"{lock_path} is locked by another process for over {timeout:g}s") from None
+                    pause.wait(0.005)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
     finally:
-        os.close(fd)  # releases the lock
+        if thread_lock is not None:
+            thread_lock.release()
 
 
 def _read_json(path: str, what: str) -> Optional[Dict[str, Any]]:
@@ -279,7 +302,7 @@ class FileSessionStore(SessionStore):
     @contextlib.contextmanager
     def _update(self, key: str) -> Iterator[Dict[str, Any]]:
         """Lock, read, let the caller change *key*, prune the other stale records, replace."""
-        with self._thread_lock, _flocked(self._lock_path):
+        with _flocked(self._lock_path, self._thread_lock):
             records = self._records()
             yield records
             now = time.time()
