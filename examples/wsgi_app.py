@@ -4,7 +4,7 @@ standard library's wsgiref below) serves it, and the client runs on its own thre
 The client is built and started once, when the module is imported (one per worker process), and
 closed at interpreter exit. Two routes: ``/health`` (200 when connected and heartbeats are
 acknowledged, else 503: a container health check; see ``health.py``) and ``/messages`` (the last
-20, as JSON). Ctrl-C stops the server::
+20, as JSON). Ctrl-C or SIGTERM stops the server::
 
     DISCORD_TOKEN=... gunicorn --workers 1 wsgi_app:app         # with gunicorn (not --preload:
                                                                  # threads do not survive a fork)
@@ -17,6 +17,8 @@ import atexit
 import collections
 import json
 import os
+import signal
+import threading
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import sync_gateway as sg
@@ -64,9 +66,14 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
     args = parser.parse_args()
     with make_server("127.0.0.1", args.port, app, handler_class=QuietHandler) as server:
+        # Ctrl-C and SIGTERM stop the server from a handler, not by KeyboardInterrupt: wsgiref
+        # would log and swallow one that lands while a request is answered. shutdown() waits for
+        # serve_forever() to return, so it runs on a thread of its own.
+        def stop(signum, frame):
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
         client.wait_until_ready(timeout=30)
         print(f"serving on http://127.0.0.1:{server.server_port}/ (state: {client.status().state})", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+        server.serve_forever()
