@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -172,6 +173,26 @@ def test_plain_script_prints_messages(gateway, run):
     ex.expect(r"^ann hello from the fake$")
     assert ex.interrupt() == 0, ex.output()  # Ctrl-C
     assert gateway.connections[0].client_close_code == 1000
+
+
+def test_metrics_exporter_serves_the_client_s_numbers(gateway, run):
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ex = run("metrics_exporter.py", env={"METRICS_PORT": str(port)})
+    url = ex.expect(r"^metrics at (\S+)").group(1)
+    dispatch_when_ready(gateway, "MESSAGE_CREATE", message("counted"))
+    for _ in range(100):
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        if 'sync_gateway_events_total{event="MESSAGE_CREATE",shard="0"} 1.0' in text:
+            break
+        threading.Event().wait(0.05)
+    assert 'sync_gateway_events_total{event="MESSAGE_CREATE",shard="0"} 1.0' in text, text[-3000:]
+    assert 'sync_gateway_identifies_total{shard="0"} 1.0' in text
+    assert ex.interrupt() == 0, ex.output()
 
 
 def test_cron_job_does_one_thing_and_exits(gateway, run):
