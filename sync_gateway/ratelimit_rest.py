@@ -459,7 +459,8 @@ class MemoryRateLimiter(RateLimiter):
         if target.limit <= 0:
             if hr is not None and ra is not None and hl is not None:
                 target.limit = max(1, hl)
-                target.remaining = max(0, min(hr, target.limit - len(target.inflight)))
+                # Requests still on the wire may not be in ``hr`` yet: count them as used.
+                target.remaining = max(0, min(hr, target.limit) - len(target.inflight))
                 target.reset_at = now + ra
             elif target.limit < 0 and 200 <= obs.status < 300 and hr is None:
                 target.limit = 0  # the route sends no limits: only the global limit applies
@@ -641,7 +642,7 @@ if has_obs then
     if b.limit <= 0 then
       if hr ~= nil and ra ~= nil and hl ~= nil then
         b.limit = math.max(1, hl)
-        b.remaining = math.max(0, math.min(hr, b.limit - b.inflight))
+        b.remaining = math.max(0, math.min(hr, b.limit) - b.inflight)
         b.reset_at = now + ra
       elseif b.limit < 0 and status >= 200 and status < 300 and hr == nil then
         b.limit = 0
