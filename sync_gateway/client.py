@@ -421,6 +421,19 @@ class GatewayClient(HandlerMethods):
     def latency(self) -> Optional[float]:
         return self.status().latency
 
+    @property
+    def rest(self) -> "RestClient":
+        """A :class:`~sync_gateway.RestClient` with this client's token and ``api_base``, made on
+        first use (no network until a request). Its rate limits are the process's, shared with
+        every other RestClient of the bot. It stays usable after ``close()`` (it has no threads)."""
+        from .rest import RestClient
+
+        with self._lock:
+            rest = self.__dict__.get("_rest")
+            if rest is None:
+                rest = self.__dict__["_rest"] = RestClient(self._token, self._api_base)
+            return rest
+
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
         sup = self._supervisor
