@@ -15,11 +15,12 @@ The rules here, shared by :class:`MemoryRateLimiter` (one process) and :class:`R
   all pass a bucket that has one request left.
 * A bucket never seen (no headers yet for this route and these major parameters) lets **one**
   request through to learn it; the others wait for its answer.
-* A window's length comes from the response (``X-RateLimit-Reset-After``, measured when the answer
-  arrives, so the local window always ends at or after Discord's). When it ends, the next window
-  grants ``limit`` minus the requests still on the wire (they may land in Discord's next window).
-  Only responses to requests of the current local window move it; a late answer from an older
-  window changes nothing.
+* A window's end comes from the responses (``X-RateLimit-Reset-After`` counted from when the
+  answer arrives, so the local window always ends at or after Discord's; the earliest such end
+  wins). When it ends, the next window grants ``limit`` minus the requests still on the wire and
+  those answered from Discord's next window (an answer whose end lies more than half a window
+  later): they count there. Only answers to requests of the current local window move it; a late
+  answer from an older window changes nothing.
 * The global limit is a sliding log of grant times over ``global_period`` (1 s plus a margin for
   the time between a grant and the request reaching Discord).
 * A 429 with scope ``global`` holds every route for ``retry_after``; ``user`` and ``shared`` hold
@@ -293,7 +294,7 @@ def _check_positive(name: str, value: Any) -> float:
 
 
 class _Bucket:
-    __slots__ = ("limit", "remaining", "reset_at", "gen", "inflight", "touched")
+    __slots__ = ("limit", "remaining", "reset_at", "gen", "inflight", "touched", "per", "carry")
 
     def __init__(self, now: float) -> None:
         self.limit = -1  # -1: not known yet; 0: the route sends no limit headers (unlimited)
@@ -302,6 +303,8 @@ class _Bucket:
         self.gen = 0
         self.inflight: Dict[str, float] = {}  # ticket id -> lease expiry
         self.touched = now
+        self.per = 0.0  # the longest Reset-After seen: about the window's length
+        self.carry = 0  # answered requests that landed in Discord's next window
 
 
 class _Scope:
@@ -391,8 +394,9 @@ class MemoryRateLimiter(RateLimiter):
             elif b.limit > 0:
                 if 0 <= b.reset_at <= now:
                     b.gen += 1
-                    b.remaining = max(0, b.limit - len(b.inflight))
+                    b.remaining = max(0, b.limit - len(b.inflight) - b.carry)
                     b.reset_at = -1.0
+                    b.carry = 0
                 if b.remaining <= 0:
                     if b.reset_at >= 0:
                         bucket_wait = b.reset_at - now
@@ -462,6 +466,7 @@ class MemoryRateLimiter(RateLimiter):
                 # Requests still on the wire may not be in ``hr`` yet: count them as used.
                 target.remaining = max(0, min(hr, target.limit) - len(target.inflight))
                 target.reset_at = now + ra
+                target.per = max(target.per, ra)
             elif target.limit < 0 and 200 <= obs.status < 300 and hr is None:
                 target.limit = 0  # the route sends no limits: only the global limit applies
         elif foreign:
@@ -469,10 +474,17 @@ class MemoryRateLimiter(RateLimiter):
         elif ticket.gen == target.gen:
             if hl is not None and hl > 0:
                 target.limit = hl
-            if hr is not None:
-                target.remaining = max(0, min(target.remaining, hr))
             if ra is not None:
-                target.reset_at = max(target.reset_at, now + ra)
+                target.per = max(target.per, ra)
+            if ra is not None and target.reset_at >= 0 and now + ra > target.reset_at + target.per / 2:
+                target.carry += 1  # it reached Discord after its window ended: it counts in the next one
+            else:
+                if hr is not None:
+                    target.remaining = max(0, min(target.remaining, hr))
+                if ra is not None:
+                    # Every answer's ``now + ra`` is at or after Discord's reset (the answer took
+                    # time to arrive); the earliest is the closest.
+                    target.reset_at = now + ra if target.reset_at < 0 else min(target.reset_at, now + ra)
         if obs.status == 429 and obs.retry_after is not None and obs.scope != "global":
             if target.limit <= 0:
                 target.limit = hl if hl is not None and hl > 0 else 1
@@ -528,8 +540,9 @@ local function prune_invalid()
   return redis.call('ZCARD', P .. ':invalid')
 end
 local function load(id)
-  local v = redis.call('HMGET', P .. ':b:' .. id, 'limit', 'remaining', 'reset_at', 'gen')
-  local b = {limit = num(v[1], -1), remaining = num(v[2], 0), reset_at = num(v[3], -1), gen = num(v[4], 0)}
+  local v = redis.call('HMGET', P .. ':b:' .. id, 'limit', 'remaining', 'reset_at', 'gen', 'per', 'carry')
+  local b = {limit = num(v[1], -1), remaining = num(v[2], 0), reset_at = num(v[3], -1), gen = num(v[4], 0),
+    per = num(v[5], 0), carry = num(v[6], 0)}
   redis.call('ZREMRANGEBYSCORE', P .. ':i:' .. id, '-inf', now)
   b.inflight = redis.call('ZCARD', P .. ':i:' .. id)
   return b
@@ -537,7 +550,8 @@ end
 local function save(id, b)
   local k = P .. ':b:' .. id
   redis.call('HSET', k, 'limit', tostring(b.limit), 'remaining', tostring(b.remaining),
-    'reset_at', string.format('%.3f', b.reset_at), 'gen', tostring(b.gen))
+    'reset_at', string.format('%.3f', b.reset_at), 'gen', tostring(b.gen),
+    'per', string.format('%.3f', b.per), 'carry', tostring(b.carry))
   redis.call('PEXPIRE', k, KEEP + math.max(0, math.ceil(b.reset_at - now)))
 end
 """
@@ -577,8 +591,9 @@ if b.limit < 0 then
 elseif b.limit > 0 then
   if b.reset_at >= 0 and b.reset_at <= now then
     b.gen = b.gen + 1
-    b.remaining = math.max(0, b.limit - b.inflight)
+    b.remaining = math.max(0, b.limit - b.inflight - b.carry)
     b.reset_at = -1
+    b.carry = 0
   end
   if b.remaining <= 0 then
     if b.reset_at >= 0 then
@@ -644,6 +659,7 @@ if has_obs then
         b.limit = math.max(1, hl)
         b.remaining = math.max(0, math.min(hr, b.limit) - b.inflight)
         b.reset_at = now + ra
+        b.per = math.max(b.per, ra)
       elseif b.limit < 0 and status >= 200 and status < 300 and hr == nil then
         b.limit = 0
       end
@@ -651,8 +667,15 @@ if has_obs then
       b.remaining = math.max(0, b.remaining - 1)
     elseif gen == b.gen then
       if hl ~= nil and hl > 0 then b.limit = hl end
-      if hr ~= nil then b.remaining = math.max(0, math.min(b.remaining, hr)) end
-      if ra ~= nil then b.reset_at = math.max(b.reset_at, now + ra) end
+      if ra ~= nil then b.per = math.max(b.per, ra) end
+      if ra ~= nil and b.reset_at >= 0 and now + ra > b.reset_at + b.per / 2 then
+        b.carry = b.carry + 1
+      else
+        if hr ~= nil then b.remaining = math.max(0, math.min(b.remaining, hr)) end
+        if ra ~= nil then
+          if b.reset_at < 0 then b.reset_at = now + ra else b.reset_at = math.min(b.reset_at, now + ra) end
+        end
+      end
     end
     if status == 429 and retry_after ~= nil then
       if scope == 'global' then

@@ -292,14 +292,30 @@ def test_a_late_answer_from_an_older_window_changes_nothing():
     assert sum(take(lim, MSG).ticket is not None for _ in range(5)) == 3  # 5 - fresh - old (counted at rollover)
 
 
-def test_a_longer_window_reported_by_discord_extends_ours():
+def test_the_earliest_end_of_a_window_wins():
     lim, clock = memory()
     probe = take(lim, MSG)
-    lim.release("bot", MSG, probe.ticket, ok(limit=5, remaining=4, reset_after=1.0))
-    t = take(lim, MSG).ticket
-    lim.release("bot", MSG, t, ok(limit=5, remaining=3, reset_after=3.0))
-    clock.now += 1.5
-    assert lim.status("bot")["buckets"]["h1|channel_id=1"]["resets_in"] == pytest.approx(1.5)
+    lim.release("bot", MSG, probe.ticket, ok(limit=5, remaining=4, reset_after=1.0))  # ends at +1.0
+    a, b = take(lim, MSG).ticket, take(lim, MSG).ticket
+    clock.now += 0.1
+    lim.release("bot", MSG, a, ok(limit=5, remaining=3, reset_after=0.95))  # a slower answer: +1.05
+    assert lim.status("bot")["buckets"]["h1|channel_id=1"]["resets_in"] == pytest.approx(0.9)
+    lim.release("bot", MSG, b, ok(limit=5, remaining=2, reset_after=0.85))  # a faster one: +0.95
+    assert lim.status("bot")["buckets"]["h1|channel_id=1"]["resets_in"] == pytest.approx(0.85)
+
+
+def test_an_answer_from_discords_next_window_counts_in_ours():
+    lim, clock = memory()
+    probe = take(lim, MSG)
+    lim.release("bot", MSG, probe.ticket, ok(limit=3, remaining=2, reset_after=1.0))
+    a, b = take(lim, MSG).ticket, take(lim, MSG).ticket
+    clock.now += 0.9
+    # a reached Discord after its window ended (a stalled thread): its window ends a second later.
+    lim.release("bot", MSG, a, ok(limit=3, remaining=2, reset_after=1.0))
+    assert lim.status("bot")["buckets"]["h1|channel_id=1"]["resets_in"] == pytest.approx(0.1)
+    clock.now += 0.1
+    got = [take(lim, MSG).ticket for _ in range(3)]
+    assert [t is not None for t in got] == [True, False, False]  # 3 - a (carried) - b (on the wire)
 
 
 def test_the_global_log_slides():

@@ -297,11 +297,43 @@ class FakeRest:
         while self._invalid and self._invalid[0] <= now - INVALID_WINDOW:
             self._invalid.popleft()
 
+    def stats(self) -> Dict[str, Any]:
+        """Counts for a bench or a test in another process (also ``GET /api/v10/_fake/stats``):
+        requests, by status, invalid requests, and the bucket windows opened per bucket key."""
+        with self._lock:
+            by_status: Dict[str, int] = {}
+            for r in self._requests:
+                by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
+            windows: Dict[str, int] = {}
+            for bhash, major, _ in self._window_log:
+                windows[f"{bhash}|{major}"] = windows.get(f"{bhash}|{major}", 0) + 1
+            first = self._requests[0].at if self._requests else None
+            last = self._requests[-1].at if self._requests else None
+            self._prune_invalid(time.monotonic())
+            return {
+                "requests": len(self._requests),
+                "by_status": by_status,
+                "invalid_requests": len(self._invalid),
+                "windows": windows,
+                "first_to_last": (last - first) if first is not None and last is not None else 0.0,
+            }
+
+    def reset_stats(self) -> None:
+        """Forget the recorded requests and window log (limits and windows in progress stay)."""
+        with self._lock:
+            self._requests.clear()
+            self._window_log.clear()
+
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Tuple[int, Dict[str, str], Any]:
         """Decide one request: ``(status, extra headers, JSON body or None)``. Records it."""
         now = time.monotonic()
         split = urlsplit(target)
         path = split.path
+        if path == PREFIX + "/_fake/stats":  # not Discord's: the fake's own counters, not recorded
+            if method == "DELETE":
+                self.reset_stats()
+                return 204, {}, None
+            return 200, {}, self.stats()
         payload, files = _parse_body(headers, body)
         with self._lock:
             status, out_headers, out_body, route, params, scope = self._decide(method, path, split.query, headers, payload, files, now)
@@ -574,18 +606,37 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
 
-def main() -> None:  # pragma: no cover - a manual tool
+def _limit(text: str) -> Tuple[int, float]:
+    count, _, per = text.partition("/")
+    return int(count), float(per)
+
+
+def main(argv: Optional[List[str]] = None) -> None:  # pragma: no cover - a manual tool
     import argparse
 
-    parser = argparse.ArgumentParser(description="Run a FakeRest (Discord's REST API, rate limits enforced) until Ctrl-C.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sync_gateway.testing.fake_rest",
+        description="Run a FakeRest (Discord's REST API on loopback, rate limits enforced) until Ctrl-C or stdin closes.",
+    )
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--gateway-url", default="ws://127.0.0.1:9/", help="what /gateway/bot answers")
-    args = parser.parse_args()
-    with FakeRest(port=args.port, gateway_url=args.gateway_url) as fake:
+    parser.add_argument("--gateway-url", default="ws://127.0.0.1:9/", help="what /gateway and /gateway/bot answer")
+    parser.add_argument("--token", default=None, help="the only token accepted (default: any); a test token")
+    parser.add_argument(
+        "--limit", action="append", default=[], metavar="BUCKET=N/SECONDS",
+        help=f"a bucket's limit, e.g. message-create=5/0.25 (buckets: {', '.join(sorted(DEFAULT_LIMITS))})",
+    )
+    parser.add_argument("--global-limit", type=_limit, default=(50, 1.0), metavar="N/SECONDS", help="default 50/1")
+    args = parser.parse_args(argv)
+    limits = {}
+    for item in args.limit:
+        name, _, value = item.partition("=")
+        limits[name] = _limit(value)
+    import sys
+
+    with FakeRest(port=args.port, gateway_url=args.gateway_url, token=args.token, limits=limits, global_limit=args.global_limit) as fake:
         print(f"api_base: {fake.api_base}", flush=True)
-        stop = threading.Event()
         try:
-            stop.wait()
+            sys.stdin.read()  # until EOF (the parent closed it) or Ctrl-C
         except KeyboardInterrupt:
             pass
 
