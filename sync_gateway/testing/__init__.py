@@ -4,6 +4,7 @@ Needs the ``testing`` extra (``websockets``). Nothing here imports the client, s
 any gateway client, ours or not.
 """
 from .fake_gateway import FakeGateway, FakeSession, ServerConnection
+from .fake_rest import FakeRest
 from .proxy import FreezingProxy
 
-__all__ = ["FakeGateway", "FakeSession", "FreezingProxy", "ServerConnection"]
+__all__ = ["FakeGateway", "FakeRest", "FakeSession", "FreezingProxy", "ServerConnection"]
