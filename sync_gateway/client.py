@@ -444,3 +444,9 @@ class GatewayClient(HandlerMethods):
 
 
 __all__ = ["GatewayClient", "Dispatch", "LifecycleEvent", "Status", "LifecycleConfig"]
+
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # the type of the ``rest`` property; at run time it is imported on first use
+    from .rest import RestClient  # noqa: F401

@@ -154,9 +154,9 @@ class RestStatus:
 def _interaction_of(interaction: Any) -> Tuple[Mapping[str, Any], Optional[float]]:
     """The INTERACTION_CREATE data and when it arrived (``time.monotonic()``), from a Dispatch
     (or anything with ``.data``) or the data dict itself (arrival unknown)."""
-    if isinstance(interaction, Mapping):
-        data, received_at = interaction, None
-    else:
+    data: Any = interaction
+    received_at: Any = None
+    if not isinstance(interaction, Mapping):
         data = getattr(interaction, "data", None)
         received_at = getattr(interaction, "received_at", None)
     if not isinstance(data, Mapping) or not data.get("id") or not data.get("token"):

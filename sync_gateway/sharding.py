@@ -603,3 +603,9 @@ def _ranges(ids: Sequence[int]) -> str:
     if start is not None:
         out.append(f"{start}-{prev}" if start != prev else f"{start}")
     return ",".join(out)
+
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # the type of the ``rest`` property; at run time it is imported on first use
+    from .rest import RestClient  # noqa: F401

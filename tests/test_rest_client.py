@@ -14,7 +14,7 @@ import pytest
 
 import sync_gateway as sg
 from procs.harness import REDIS_SERVER, Child, children, redis_server
-from support import TOKEN, Recorder
+from support import TOKEN
 from sync_gateway.testing.fake_rest import FakeRest
 
 pytestmark = pytest.mark.timeout(90)
@@ -272,7 +272,8 @@ def test_close_interrupts_a_bucket_wait(make_fake, make_rest):
 # interactions
 
 
-def test_respond_and_followup_go_without_the_bot_token(fake, make_rest):
+def test_respond_and_followup_go_without_the_bot_token(fake, make_rest, caplog):
+    caplog.set_level(logging.DEBUG, logger="sync_gateway")
     rest = make_rest(fake)
     interaction = fake.create_interaction("ping")
     assert rest.respond(interaction, {"content": "pong"}) is None
@@ -286,6 +287,10 @@ def test_respond_and_followup_go_without_the_bot_token(fake, make_rest):
     with pytest.raises(sg.HTTPError) as info:
         rest.respond(interaction, {"content": "twice"})
     assert info.value.code == 40060
+    assert interaction["token"] not in str(info.value)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "/interactions/" in logged and "{interaction_token}" in logged  # the secret is masked
+    assert interaction["token"] not in logged and interaction["token"] not in repr(rest.status())
 
 
 def test_deferred_response_then_followup(fake, make_rest):

@@ -1,6 +1,7 @@
 """The REST rate-limit rules (ratelimit_rest.py): route keys, and one suite of limiter rules run
 against MemoryRateLimiter (a fake clock where time matters) and RedisRateLimiter (a private
 redis-server on 127.0.0.1)."""
+import logging
 import threading
 import uuid
 
@@ -344,3 +345,51 @@ def test_idle_buckets_are_forgotten():
     clock.now += 700.0
     take(lim, MSG2)
     assert "h1|channel_id=1" not in lim.status("bot")["buckets"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis specifics
+
+
+def test_redis_keys_hold_no_secret(redis_url):
+    import redis
+
+    from sync_gateway import RedisRateLimiter
+
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    lim = RedisRateLimiter(redis_url, key_prefix=prefix)
+    hook = compile_route("POST", "/webhooks/{webhook_id}/{webhook_token}", {"webhook_id": 3, "webhook_token": "hook-secret-123"})
+    grant = take(lim, hook)
+    lim.release("bot", hook, grant.ticket, ok(bucket="wh"))
+    r = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in r.keys(f"{prefix}:*")]
+        assert keys and all(k.startswith(f"{prefix}:rest:bot:") for k in keys)
+        dump = " ".join(keys) + " ".join(str(r.hgetall(k)) for k in keys if r.type(k) == b"hash")
+        assert "hook-secret-123" not in dump
+        assert all(r.pttl(k) > 0 for k in keys)  # everything expires when idle
+    finally:
+        r.close()
+        lim.close()
+
+
+def test_redis_outage_falls_back_to_local_limits_with_one_warning(caplog):
+    import socket
+
+    from sync_gateway import RedisRateLimiter
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens: every call fails fast
+    lim = RedisRateLimiter(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+    caplog.set_level(logging.WARNING, logger="sync_gateway")
+    probe = take(lim, MSG)
+    assert probe.ticket is not None and probe.ticket.fallback
+    assert take(lim, MSG).reason == "unknown"  # the rules still hold, in this process
+    lim.release("bot", MSG, probe.ticket, ok(limit=2, remaining=1))
+    assert take(lim, MSG).ticket is not None and take(lim, MSG).ticket is None
+    assert lim.status("bot")["buckets"]["h1|channel_id=1"]["limit"] == 2
+    warnings = [r for r in caplog.records if "RedisRateLimiter" in r.getMessage()]
+    assert len(warnings) == 1 and "kept in this process" in warnings[0].getMessage()
+    lim.close()

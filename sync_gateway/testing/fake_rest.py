@@ -167,8 +167,8 @@ class FakeRest:
             server_fake = fake
 
         self._httpd = _Server((host, port), Handler)
-        self.host: str = self._httpd.server_address[0]
-        self.port: int = self._httpd.server_address[1]
+        self.host: str = str(self._httpd.server_address[0])
+        self.port: int = int(self._httpd.server_address[1])
         self._thread: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -536,7 +536,8 @@ def _parse_body(headers: Mapping[str, str], body: bytes) -> Tuple[Any, List[Tupl
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
             filename = part.get_filename()
-            data = part.get_payload(decode=True) or b""
+            raw = part.get_payload(decode=True)
+            data = raw if isinstance(raw, bytes) else b""
             if name == "payload_json":
                 payload = json.loads(data.decode("utf-8"))
             elif filename is not None:
