@@ -245,7 +245,19 @@ def test_a_401_stops_the_client_from_using_the_token_again(make_fake, make_rest)
     assert rest.status().unauthorized and rest.status().invalid_requests == 1
 
 
-def test_close_interrupts_a_bucket_wait(make_fake, make_rest):
+class _Seen(logging.Handler):
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.needle = needle
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.event.set()
+
+
+def test_close_interrupts_a_bucket_wait(make_fake, make_rest, caplog):
+    caplog.set_level(logging.DEBUG, logger="sync_gateway")
     fake = make_fake(limits={"message-create": (1, 30.0)})
     rest = make_rest(fake)
     rest.send_message(1, "first")
@@ -257,14 +269,20 @@ def test_close_interrupts_a_bucket_wait(make_fake, make_rest):
         except sg.GatewayError as exc:
             errors.append(exc)
 
-    thread = threading.Thread(target=second)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not rest.status().buckets and time.monotonic() < deadline:
-        thread.join(0.01)
+    seen = _Seen("waits")  # the DEBUG line logged just before the wait
+    logger = logging.getLogger("sync_gateway.rest")
+    logger.addHandler(seen)
+    try:
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert seen.event.wait(10)
+    finally:
+        logger.removeHandler(seen)
+    started = time.monotonic()
     rest.close()
     thread.join(5)
-    assert not thread.is_alive() and len(errors) == 1 and "closed" in str(errors[0])
+    assert not thread.is_alive() and time.monotonic() - started < 5
+    assert len(errors) == 1 and "closed while waiting" in str(errors[0])
     assert fake.count() == 1
 
 
