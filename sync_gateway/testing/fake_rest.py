@@ -632,12 +632,14 @@ def main(argv: Optional[List[str]] = None) -> None:  # pragma: no cover - a manu
     for item in args.limit:
         name, _, value = item.partition("=")
         limits[name] = _limit(value)
+    import os
     import sys
 
     with FakeRest(port=args.port, gateway_url=args.gateway_url, token=args.token, limits=limits, global_limit=args.global_limit) as fake:
         print(f"api_base: {fake.api_base}", flush=True)
         try:
-            sys.stdin.read()  # until EOF (the parent closed it) or Ctrl-C
+            while os.read(sys.stdin.fileno(), 65536):  # until EOF (the parent closed it) or Ctrl-C
+                pass
         except KeyboardInterrupt:
             pass
 
