@@ -438,7 +438,7 @@ class MemoryRateLimiter(RateLimiter):
             return
         if obs.status == 429 and obs.retry_after is not None and obs.scope == "global":
             s.global_block = max(s.global_block, now + obs.retry_after)
-        target, target_id = b, ticket.bucket
+        target = b
         foreign = False
         if obs.bucket:
             if s.routes.get(route.key) != obs.bucket:
@@ -449,11 +449,10 @@ class MemoryRateLimiter(RateLimiter):
                 if existing is None and b is not None:
                     s.buckets[hashed] = b  # the route's first bucket of this hash: it moves
                     del s.buckets[ticket.bucket]
-                    target_id = hashed
                 else:
                     if b is not None and not b.inflight:
                         del s.buckets[ticket.bucket]
-                    target, target_id, foreign = existing, hashed, True
+                    target, foreign = existing, True
         if target is None:
             return
         target.touched = now
