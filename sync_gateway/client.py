@@ -289,10 +289,10 @@ class GatewayClient(HandlerMethods):
     def _rest(self, api_base: str, **kwargs: Any) -> Any:
         from .rest import RestClient
 
-        rest = RestClient(self._token, api_base, **kwargs)
-        if self._proxy is not None:
-            rest._session.proxies.update({"http": self._proxy.url, "https": self._proxy.url})
-        return rest
+        return RestClient(self._token, api_base, proxies=self._rest_proxies(), **kwargs)
+
+    def _rest_proxies(self) -> Optional[Dict[str, str]]:
+        return {"http": self._proxy.url, "https": self._proxy.url} if self._proxy is not None else None
 
     def _ask_gateway_bot(self, api_base: str, **kwargs: Any) -> Mapping[str, Any]:
         """``GET /gateway/bot``, interruptible by a ``close()`` from another thread."""
@@ -577,6 +577,19 @@ class GatewayClient(HandlerMethods):
         ledger here, so this may do a short bounded I/O; never call it from a handler in a loop."""
         return self._identify_gate().session_start_info()
 
+    @property
+    def rest(self) -> "RestClient":
+        """A :class:`~sync_gateway.RestClient` with this client's token, ``api_base`` and proxy, made on
+        first use (no network until a request). Its rate limits are the process's, shared with
+        every other RestClient of the bot. It stays usable after ``close()`` (it has no threads)."""
+        from .rest import RestClient
+
+        with self._lock:
+            rest = self.__dict__.get("_rest")
+            if rest is None:
+                rest = self.__dict__["_rest"] = RestClient(self._token, self._api_base, proxies=self._rest_proxies())
+            return rest
+
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
         sup = self._supervisor
@@ -614,3 +627,9 @@ def resolve_proxy(proxy: Optional[str], trust_env: bool, target: str) -> Optiona
 
 
 __all__ = ["GatewayClient", "Dispatch", "LifecycleEvent", "Status", "LifecycleConfig"]
+
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # the type of the ``rest`` property; at run time it is imported on first use
+    from .rest import RestClient  # noqa: F401

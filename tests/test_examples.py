@@ -223,11 +223,24 @@ def test_the_bot_and_recipe_tests_pass_with_the_plugin(tmp_path):
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # load the plugin by name: independent of what is installed
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "sync_gateway.testing.pytest_plugin", "-p", "no:cacheprovider",
-         "-q", "--rootdir", str(tmp_path), str(EXAMPLES / "test_bot.py"), str(EXAMPLES / "test_recipes.py")],
+         "-q", "--rootdir", str(tmp_path), str(EXAMPLES / "test_bot.py"), str(EXAMPLES / "test_recipes.py"),
+         str(EXAMPLES / "test_reply_bot.py")],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=80,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "7 passed" in proc.stdout
+    assert "9 passed" in proc.stdout
+
+
+def test_reply_bot_answers_ping_as_a_script(gateway, run):
+    from sync_gateway.testing.fake_rest import FakeRest
+
+    with FakeRest(gateway_url=gateway.url) as rest:
+        ex = run("reply_bot.py", env={"SYNC_GATEWAY_API_BASE": rest.api_base})
+        dispatch_when_ready(gateway, "MESSAGE_CREATE", message("!ping"))
+        rest.wait_for(lambda requests: len(rest.messages(20)) == 1, timeout=20)
+        assert rest.messages(20)[0]["content"] == "pong"
+        assert ex.interrupt() == 0, ex.output()
+        assert rest.count(status=429) == 0
 
 
 def test_the_bot_runs_on_its_own(gateway, run):

@@ -13,9 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .fake_gateway import FakeGateway, FakeSession, ServerConnection
     from .proxy import FreezingProxy
 
-__all__ = ["FakeGateway", "FakeSession", "FreezingProxy", "ServerConnection"]
+__all__ = ["FakeGateway", "FakeRest", "FakeSession", "FreezingProxy", "ServerConnection"]
 
-_HOME = {"FakeGateway": "fake_gateway", "FakeSession": "fake_gateway", "ServerConnection": "fake_gateway", "FreezingProxy": "proxy"}
+_HOME = {"FakeGateway": "fake_gateway", "FakeSession": "fake_gateway", "ServerConnection": "fake_gateway", "FreezingProxy": "proxy", "FakeRest": "fake_rest"}
 
 
 def __getattr__(name: str) -> Any:
