@@ -184,6 +184,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed: argparse.Namespace
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             self.error(_unrecognized_message(extras, _option_strings(self)))
@@ -1307,7 +1308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_logging(verbosity)
     if hasattr(sys.stdout, "reconfigure"):
         try:
-            sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+            sys.stdout.reconfigure(errors="backslashreplace")
         except (ValueError, OSError):
             pass
     try:

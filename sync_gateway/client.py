@@ -19,7 +19,7 @@ from .dispatch import Dispatcher, HandlerMethods, Registry
 from .connection import Proxy
 from .errors import AuthenticationError, ConfigError, GatewayError, PayloadTooLarge
 from .intents import Intents
-from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, Status
+from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, State, Status
 from .ratelimit import IdentifyGate, MemoryIdentifyGate, bot_id_from_token
 from .stores import SessionStore, session_key
 from .supervisor import ConnectionFactory, Supervisor
@@ -73,7 +73,7 @@ def _check_token(token: Any) -> str:
         token = token[4:].strip()
     if not token or any(c.isspace() for c in token):
         raise ConfigError("token must be a non-empty bot token without spaces (copy it from Developer Portal -> Bot)")
-    return token
+    return str(token)
 
 
 class GatewayClient(HandlerMethods):
@@ -302,7 +302,8 @@ class GatewayClient(HandlerMethods):
                     raise GatewayError("closed during start()")
                 self._starting = rest
             try:
-                return rest.get_gateway_bot()
+                info: Mapping[str, Any] = rest.get_gateway_bot()
+                return info
             finally:
                 with self._lock:
                     self._starting = None
@@ -315,7 +316,7 @@ class GatewayClient(HandlerMethods):
         if not isinstance(info, Mapping) or not isinstance(info.get("url"), str):
             raise GatewayError("GET /gateway/bot answered without a gateway url")
         self._apply_gateway_info(info)
-        return info["url"]
+        return str(info["url"])
 
     def _apply_gateway_info(self, info: Mapping[str, Any]) -> None:
         self.gateway_info = dict(info)
@@ -545,7 +546,7 @@ class GatewayClient(HandlerMethods):
     def status(self) -> Status:
         sup = self._supervisor
         if sup is None:
-            state = "closed" if self._closed else "idle"
+            state: State = "closed" if self._closed else "idle"
             return Status(
                 state=state, connected=False, session_id=None, seq=None, resume_url=None, epoch=0, latency=None,
                 last_heartbeat_ack_at=None, last_event_at=None, identifies=0, resumes=0, reconnects=0,

@@ -67,7 +67,7 @@ def _check_token(token: Any) -> str:
         raise ConfigError("pass the token without the 'Bot ' prefix; the client adds it")
     if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in token):
         raise ConfigError("token contains whitespace or control characters; copy it again from the Developer Portal")
-    return token
+    return str(token)
 
 
 def _check_api_base(api_base: Any) -> str:
@@ -331,15 +331,19 @@ class RestClient:
         files = fields.pop("files", None)
         if content is not None:
             fields["content"] = content
-        return self.request("POST", "/channels/{channel_id}/messages", channel_id=channel_id, json=fields, files=files)
+        message: Dict[str, Any] = self.request(
+            "POST", "/channels/{channel_id}/messages", channel_id=channel_id, json=fields, files=files
+        )
+        return message
 
     def edit_message(self, channel_id: Union[int, str], message_id: Union[int, str], **fields: Any) -> Dict[str, Any]:
         """``PATCH /channels/{channel_id}/messages/{message_id}``; returns the edited message."""
         files = fields.pop("files", None)
-        return self.request(
+        message: Dict[str, Any] = self.request(
             "PATCH", "/channels/{channel_id}/messages/{message_id}",
             channel_id=channel_id, message_id=message_id, json=fields, files=files,
         )
+        return message
 
     def delete_message(self, channel_id: Union[int, str], message_id: Union[int, str], *, reason: Optional[str] = None) -> None:
         """``DELETE /channels/{channel_id}/messages/{message_id}`` (``reason`` goes to the audit log)."""
@@ -513,7 +517,7 @@ class RestClient:
             count, self._invalid_limit, self._refuse_at, self._invalid_limit,
         )
 
-    def _attempt(self, r: Route, headers: Dict[str, str], body: "_Body", params: Optional[Mapping[str, Any]], rate_limited: list) -> Any:
+    def _attempt(self, r: Route, headers: Dict[str, str], body: "_Body", params: Optional[Mapping[str, Any]], rate_limited: List[Any]) -> Any:
         """One try as tenacity sees it; 429s are waited out and repeated inside it."""
         url = self._api_base + r.path
         while True:
@@ -558,7 +562,7 @@ class RestClient:
             finally:
                 response.close()
 
-    def _note_429(self, r: Route, obs: Observation, body: Mapping[str, Any], rate_limited: list) -> None:
+    def _note_429(self, r: Route, obs: Observation, body: Mapping[str, Any], rate_limited: List[Any]) -> None:
         retry_after = obs.retry_after if obs.retry_after is not None else 1.0
         scope = obs.scope or "user"
         rate_limited[0] += 1

@@ -355,10 +355,8 @@ class ShardedClient(HandlerMethods):
             count = int(count_arg)
         limit = info.get("session_start_limit")
         limit = dict(limit) if isinstance(limit, Mapping) else None
-        mc = mc_arg
-        if mc is None:
-            found = limit.get("max_concurrency") if limit else None
-            mc = found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 1
+        found = limit.get("max_concurrency") if limit else None
+        mc = mc_arg or (found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 1)
         return url, count, mc, limit
 
     def _read_session_limit(self) -> Optional[Dict[str, Any]]:
