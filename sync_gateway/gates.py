@@ -45,6 +45,10 @@ log = get_logger(__name__)
 #: Seconds a client waits before asking a gate again whose storage failed (file or Redis error).
 UNAVAILABLE_RETRY = 2.0
 
+#: Seconds the file gate waits for its lock at most: it runs on the supervisor thread, which sends
+#: heartbeats (every ~41 s); a lock held longer by another process holds IDENTIFY back, not a beat.
+GATE_LOCK_TIMEOUT = 1.0
+
 #: Two observations of ``session_start_limit`` whose reset times are this close (seconds) describe
 #: the same daily period: the ledger then keeps the smaller ``remaining``, so grants another
 #: process made but Discord has not counted yet are not given back.
@@ -125,7 +129,7 @@ class FileIdentifyGate(StoredIdentifyGate):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[GateState]:
-        with _flocked(self._lock_path, self._thread_lock):
+        with _flocked(self._lock_path, self._thread_lock, GATE_LOCK_TIMEOUT):
             whole: Dict[str, Any] = _read_json(self.path, "FileIdentifyGate") or {}
             # A view bound to a bot keeps its state under "bots"; an unbound gate at the top level.
             found = whole.get("bots")

@@ -133,10 +133,12 @@ def _check_path(path: Any, what: str) -> str:
     return absolute
 
 
-#: Seconds a file lock is waited for at most. These locks guard a few-millisecond read-modify-
-#: write, and the IDENTIFY gate's runs on the supervisor thread, which sends heartbeats: a lock
-#: held longer by another process (stopped, frozen, on a stalled disk) is an outage, not a wait.
-LOCK_TIMEOUT = 0.25
+#: Seconds a file lock is waited for at most by default. These locks guard a few-millisecond
+#: read-modify-write; a lock held longer by another process (stopped, frozen, on a stalled disk) is
+#: an outage, not a wait. The session store's writes run on the dispatcher thread, after the
+#: handlers; the IDENTIFY gate's run on the supervisor thread, which sends the heartbeats, and use
+#: ``gates.GATE_LOCK_TIMEOUT`` (far below any heartbeat interval).
+LOCK_TIMEOUT = 5.0
 
 
 @contextlib.contextmanager
