@@ -15,6 +15,7 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', read("sync_gateway", "_version.
 
 TESTING = ["websockets>=13.0"]
 ZSTD = ["zstandard>=0.22"]
+METRICS = ["prometheus_client>=0.17"]
 
 setup(
     name="sync-gateway",
@@ -35,12 +36,21 @@ setup(
         "zstd": ZSTD,
         "redis": ["redis>=4.5"],
         "speed": ["orjson>=3.9"],
+        "metrics": METRICS,
         "testing": TESTING,
+        # the reference (docs/): sphinx-build -W -n -b html docs docs/_build
+        "docs": ["sphinx>=7"],
         "test": TESTING
         + ZSTD
+        + METRICS
         + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80", "redis>=4.5"],
     },
-    entry_points={"console_scripts": ["sync-gateway=sync_gateway.cli:main"]},
+    entry_points={
+        "console_scripts": ["sync-gateway=sync_gateway.cli:main"],
+        # the fake_gateway / gateway_client fixtures; the module imports the library only inside them
+        # (named as the module, so "-p sync_gateway.testing.pytest_plugin" on top of it is harmless)
+        "pytest11": ["sync_gateway.testing.pytest_plugin=sync_gateway.testing.pytest_plugin"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",

@@ -4,18 +4,23 @@
 effects. Every public method is safe from any thread, including from inside a handler.
 """
 import hashlib
+import ipaddress
+import os
 import random
+import ssl
 import threading
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
 
 from . import codec, protocol
 from ._log import get_logger, register_secret
 from .dispatch import Dispatcher, HandlerMethods, Registry
-from .errors import ConfigError, GatewayError, PayloadTooLarge
+from .connection import Proxy
+from .errors import AuthenticationError, ConfigError, GatewayError, PayloadTooLarge
 from .intents import Intents
 from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, Status
-from .ratelimit import IdentifyGate, MemoryIdentifyGate
+from .ratelimit import IdentifyGate, MemoryIdentifyGate, bot_id_from_token
 from .stores import SessionStore, session_key
 from .supervisor import ConnectionFactory, Supervisor
 
@@ -27,10 +32,32 @@ DEFAULT_API_BASE = "https://discord.com/api/v10"
 _shared_gates: Dict[str, MemoryIdentifyGate] = {}
 _shared_gate_lock = threading.Lock()
 
+#: Seconds ``start()`` may spend asking for the daily session-start limit when ``gateway_url`` was
+#: given (a failure is said once and the client connects without it).
+LIMIT_LOOKUP_TIMEOUT = 3.0
 
-def _process_gate(token: str) -> MemoryIdentifyGate:
-    """Clients of one bot in one process share an IDENTIFY gate unless given one (the limit is per bot)."""
+
+def is_loopback_url(url: str) -> bool:
+    """True for a URL on this machine (127.0.0.0/8, ::1, localhost): a test server, not Discord."""
+    host = (urlsplit(url).hostname or "").strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _process_gate(token: str, gateway_url: Optional[str] = None) -> MemoryIdentifyGate:
+    """Clients of one bot in one process share an IDENTIFY gate unless given one (the limit is per bot).
+
+    Clients pointed at a loopback test server (a FakeGateway) share one per server instead: each
+    test's brand-new fake is a gateway of its own, and its clients never wait for another's bucket.
+    """
     key = hashlib.sha256(token.encode("utf-8")).hexdigest()
+    if gateway_url is not None and is_loopback_url(gateway_url):
+        parts = urlsplit(gateway_url)
+        key += f"@{parts.hostname}:{parts.port}"
     with _shared_gate_lock:
         gate = _shared_gates.get(key)
         if gate is None:
@@ -64,7 +91,7 @@ class GatewayClient(HandlerMethods):
         intents: Union[Intents, int] = Intents.DEFAULT,
         *,
         gateway_url: Optional[str] = None,
-        api_base: str = DEFAULT_API_BASE,
+        api_base: Optional[str] = None,
         compress: Optional[str] = "zlib-stream",
         shard: Optional[Tuple[int, int]] = None,
         presence: Optional[Mapping[str, Any]] = None,
@@ -74,10 +101,14 @@ class GatewayClient(HandlerMethods):
         identify_gate: Optional[IdentifyGate] = None,
         session_store: Optional[SessionStore] = None,
         trusted_hosts: Optional[Sequence[str]] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        proxy: Optional[str] = None,
+        trust_env: bool = False,
         _connection_factory: Optional[ConnectionFactory] = None,
         _rng: Optional[random.Random] = None,
         _registry: Optional[Registry] = None,
         _max_concurrency: Optional[int] = None,
+        _limit_known: bool = False,
     ) -> None:
         self._token = _check_token(token)
         register_secret(self._token)
@@ -90,10 +121,20 @@ class GatewayClient(HandlerMethods):
             if not isinstance(gateway_url, str):
                 raise ConfigError(f"gateway_url must be a str, got {type(gateway_url).__name__}")
             protocol.gateway_query_url(gateway_url, None)  # validates scheme and host
+        self._api_base_given = api_base is not None
+        if api_base is None:
+            api_base = DEFAULT_API_BASE
         if not isinstance(api_base, str) or not api_base.startswith(("http://", "https://")):
             raise ConfigError("api_base must be an http(s) URL")
         self._gateway_url = gateway_url
         self._api_base = api_base.rstrip("/")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError(f"ssl_context must be an ssl.SSLContext, got {type(ssl_context).__name__}")
+        if not isinstance(trust_env, bool):
+            raise ConfigError("trust_env must be a bool")
+        self._proxy = resolve_proxy(proxy, trust_env, gateway_url or "wss://gateway.discord.gg/")
+        self._connection_options: Dict[str, Any] = {"ssl_context": ssl_context, "proxy": self._proxy}
+        self._limit_known = _limit_known
         self._compress = codec.check_compress(compress)
         if shard is not None:
             if (
@@ -148,6 +189,15 @@ class GatewayClient(HandlerMethods):
         self._dispatcher: Optional[Dispatcher] = None
         self._max_concurrency = _max_concurrency or 1
         self.gateway_info: Optional[Dict[str, Any]] = None
+        self._starting: Optional[Any] = None  # the REST client of a discovery in progress
+        self._bound_gate: Optional[IdentifyGate] = None
+        # Invariant 8: IDENTIFY itself must fit in 4096 bytes (presence, properties and all).
+        size = len(codec.encode(self._identify_payload()).encode("utf-8"))
+        if size > protocol.MAX_PAYLOAD_BYTES:
+            raise ConfigError(
+                f"IDENTIFY would be {size} bytes, over Discord's {protocol.MAX_PAYLOAD_BYTES}: "
+                "shorten presence (activities) or properties"
+            )
 
     def __repr__(self) -> str:
         state = self._supervisor.status().state if self._supervisor else ("closed" if self._closed else "idle")
@@ -165,7 +215,8 @@ class GatewayClient(HandlerMethods):
         """Connect in the background and return at once. Raises if already started.
 
         REST discovery (``GET /gateway/bot``, when no ``gateway_url`` was given) happens here, so a
-        bad token or an unreachable API raises from ``start()`` with no thread left behind.
+        bad token or an unreachable API raises from ``start()`` with no thread left behind. A
+        ``close()`` from another thread while this runs wins: nothing connects afterwards.
         """
         with self._lock:
             if self._started:
@@ -192,13 +243,15 @@ class GatewayClient(HandlerMethods):
                 identify=self._identify_payload,
                 token=self._token,
                 compress=self._compress,
-                gate=self._gate or _process_gate(self._token),
+                gate=self._identify_gate(),
                 max_concurrency=self._max_concurrency,
                 connection_factory=self._connection_factory,
                 store=self._store,
                 store_key=session_key(self._token, self.shard_id, self._shard[1] if self._shard else 1),
                 shard=self._shard,
+                connection_options=self._connection_options,
             )
+            dispatcher.on_drained = supervisor.final_persist
             if self._store is not None:
                 record = self._store.load_fresh(supervisor._store_key)
                 if record is not None:
@@ -207,35 +260,94 @@ class GatewayClient(HandlerMethods):
         except BaseException:
             with self._lock:
                 self._started = False
+                closed = self._closed
+            if closed:  # close() during discovery: its interruption is not an error of start()
+                log.debug("shard %d: closed during start(); not connecting", self.shard_id)
+                return
             raise
-        self._dispatcher = dispatcher
-        self._supervisor = supervisor
         if self._registry.has("MESSAGE_CREATE") and not self.intents & Intents.MESSAGE_CONTENT:
             log.info(
                 "a MESSAGE_CREATE handler is registered without Intents.MESSAGE_CONTENT: message content "
                 "will be empty except in DMs and messages mentioning the bot"
             )
-        dispatcher.start()
-        supervisor.start()
+        with self._lock:
+            # close() may have run while discovery was in flight: then nothing connects.
+            if self._closed:
+                log.debug("shard %d: closed during start(); not connecting", self.shard_id)
+                return
+            self._dispatcher = dispatcher
+            self._supervisor = supervisor
+            dispatcher.start()
+            supervisor.start()
+
+    def _identify_gate(self) -> IdentifyGate:
+        if self._bound_gate is None:
+            gate = self._gate or _process_gate(self._token, self._gateway_url)
+            self._bound_gate = gate.for_bot(bot_id_from_token(self._token))
+        return self._bound_gate
+
+    def _rest(self, api_base: str, **kwargs: Any) -> Any:
+        from .rest import RestClient
+
+        rest = RestClient(self._token, api_base, **kwargs)
+        if self._proxy is not None:
+            rest._session.proxies.update({"http": self._proxy.url, "https": self._proxy.url})
+        return rest
+
+    def _ask_gateway_bot(self, api_base: str, **kwargs: Any) -> Mapping[str, Any]:
+        """``GET /gateway/bot``, interruptible by a ``close()`` from another thread."""
+        with self._rest(api_base, **kwargs) as rest:
+            with self._lock:
+                if self._closed:
+                    raise GatewayError("closed during start()")
+                self._starting = rest
+            try:
+                return rest.get_gateway_bot()
+            finally:
+                with self._lock:
+                    self._starting = None
 
     def _discover(self) -> str:
         if self._gateway_url is not None:
+            self._read_session_limit()
             return self._gateway_url
-        from .rest import RestClient
-
-        with RestClient(self._token, self._api_base, max_retries=3, retry_base=0.25, retry_max=2.0) as rest:
-            info = rest.get_gateway_bot()
+        info = self._ask_gateway_bot(self._api_base, max_retries=3, retry_base=0.25, retry_max=2.0)
         if not isinstance(info, Mapping) or not isinstance(info.get("url"), str):
             raise GatewayError("GET /gateway/bot answered without a gateway url")
+        self._apply_gateway_info(info)
+        return info["url"]
+
+    def _apply_gateway_info(self, info: Mapping[str, Any]) -> None:
         self.gateway_info = dict(info)
         limit = info.get("session_start_limit")
         if isinstance(limit, Mapping):
             mc = limit.get("max_concurrency")
             if isinstance(mc, int) and mc >= 1:
                 self._max_concurrency = mc
-            gate = self._gate or _process_gate(self._token)
-            gate.update_session_start_limit(dict(limit))
-        return info["url"]
+            self._identify_gate().update_session_start_limit(dict(limit))
+
+    def _read_session_limit(self) -> None:
+        """With ``gateway_url`` given, the daily session-start limit still decides whether an
+        IDENTIFY may go (past it Discord resets the token): it is read from ``api_base`` when one
+        was given, and from Discord when the gateway is not a loopback test server. A failure is
+        said once and costs at most ``LIMIT_LOOKUP_TIMEOUT`` seconds."""
+        base = limit_source(self._gateway_url, self._api_base if self._api_base_given else None, self._limit_known)
+        if base is None:
+            return
+        try:
+            info = self._ask_gateway_bot(base, timeout=LIMIT_LOOKUP_TIMEOUT, max_retries=0)
+        except AuthenticationError:
+            raise
+        except GatewayError as exc:
+            if self._closed:
+                raise
+            log.warning(
+                "shard %d: could not read the daily session-start limit from %s (%s); connecting without it",
+                self.shard_id, urlsplit(base).hostname, exc,
+            )
+            return
+        if isinstance(info, Mapping):
+            self._apply_gateway_info(info)
 
     def _identify_payload(self) -> Dict[str, Any]:
         return protocol.identify(
@@ -274,7 +386,8 @@ class GatewayClient(HandlerMethods):
         if not self._started:
             self.start()
         sup = self._supervisor
-        assert sup is not None
+        if sup is None:  # close() won a race with start()
+            return
         try:
             while not sup.stopped.wait(0.2):  # short slices: KeyboardInterrupt arrives promptly
                 pass
@@ -302,7 +415,9 @@ class GatewayClient(HandlerMethods):
             raise ConfigError("timeout must be a number of seconds >= 0")
         with self._lock:
             self._closed = True
-            sup, disp = self._supervisor, self._dispatcher
+            sup, disp, starting = self._supervisor, self._dispatcher, self._starting
+        if starting is not None:
+            starting.close()  # interrupts a discovery in flight; start() then connects nothing
         if sup is None or disp is None:
             return
         deadline = time.monotonic() + timeout
@@ -313,6 +428,19 @@ class GatewayClient(HandlerMethods):
             sup.thread.join(max(0.0, deadline - time.monotonic()))
         if current is not disp.thread and disp.thread.is_alive():
             disp.thread.join(max(0.0, deadline - time.monotonic()))
+            if disp.thread.is_alive():
+                # Once close() returns no handler call starts; one still running is named.
+                disp.halt()
+                running = disp.current
+                if running is not None:
+                    log.warning(
+                        "close() returns after %.1fs while handler %s still runs on %s (for %.1fs); "
+                        "no later handler will start",
+                        timeout, running[0], running[1], time.monotonic() - running[2],
+                    )
+                    # Save the session as handled so far. (Stuck in a session-store write
+                    # instead, the dispatcher finishes that save itself: never wait on it here.)
+                    sup.final_persist()
         if sup.thread.is_alive() and current is not sup.thread:
             log.warning("close() timed out after %.1fs; threads left to finish as daemons", timeout)
 
@@ -384,10 +512,18 @@ class GatewayClient(HandlerMethods):
         *,
         timeout: Optional[float] = None,
     ) -> None:
-        """Op 3. Also becomes the presence sent with later IDENTIFYs."""
+        """Op 3. Also becomes the presence sent with later IDENTIFYs — only once it was sent: an
+        update that is refused (:class:`PayloadTooLarge`, ``TimeoutError``...) changes nothing."""
         d = protocol.presence(status=status, activities=activities, afk=afk, since=since)
-        self._presence = d
+        identify = codec.encode(protocol.identify(
+            self._token, int(self.intents), properties=self._properties, shard=self._shard, presence=d,
+            large_threshold=self._large_threshold,
+        ))
+        size = len(identify.encode("utf-8"))
+        if size > protocol.MAX_PAYLOAD_BYTES:  # every later IDENTIFY would be refused by Discord (4002)
+            raise PayloadTooLarge(size, protocol.MAX_PAYLOAD_BYTES)
         self.send(Op.PRESENCE_UPDATE, d, timeout=timeout)
+        self._presence = d
 
     def request_guild_members(
         self,
@@ -421,6 +557,26 @@ class GatewayClient(HandlerMethods):
     def latency(self) -> Optional[float]:
         return self.status().latency
 
+    def load(self) -> Dict[str, Optional[int]]:
+        """What is queued or spent at this instant, for metrics and health checks (status() is the
+        lifecycle; this is the pressure): ``dispatch_backlog`` (events waiting for handlers),
+        ``send_window_used`` / ``send_window_limit`` (frames in the ready socket's 120-per-60-s
+        window; None while no socket is ready). Cheap, never blocks on I/O, safe from any thread."""
+        sup = self._supervisor
+        conn = sup.ready_connection if sup is not None else None
+        return {
+            "dispatch_backlog": sup.dispatcher.backlog() if sup is not None else 0,
+            "send_window_used": conn.window.used() if conn is not None else None,
+            "send_window_limit": conn.window.limit if conn is not None else None,
+        }
+
+    def session_start_info(self) -> Dict[str, Any]:
+        """The bot's daily session-start budget as this client's IDENTIFY gate knows it:
+        ``{"total", "remaining", "resets_in" (seconds), "max_concurrency"}``, or ``{}`` before it is
+        known (``start()`` learns it from ``GET /gateway/bot``). A Redis/File gate reads its shared
+        ledger here, so this may do a short bounded I/O; never call it from a handler in a loop."""
+        return self._identify_gate().session_start_info()
+
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
         sup = self._supervisor
@@ -428,6 +584,33 @@ class GatewayClient(HandlerMethods):
             return []
         out = [sup.thread, sup.dispatcher.thread] + [c.thread for c in sup.readers() + sup.orphans]
         return [t for t in out if t.is_alive()]
+
+
+def limit_source(gateway_url: Optional[str], api_base: Optional[str], known: bool = False) -> Optional[str]:
+    """Where to read the session-start limit when the gateway URL was given: the ``api_base``
+    the user named, else Discord's API unless the gateway is a loopback test server."""
+    if known or gateway_url is None:
+        return None
+    if api_base is not None:
+        return api_base
+    return None if is_loopback_url(gateway_url) else DEFAULT_API_BASE
+
+
+def resolve_proxy(proxy: Optional[str], trust_env: bool, target: str) -> Optional[Proxy]:
+    """The proxy for *target*: the one given, else (``trust_env=True`` only) ``HTTPS_PROXY`` /
+    ``https_proxy`` unless ``NO_PROXY`` covers the host, as requests reads them."""
+    if proxy is not None:
+        return Proxy(proxy)
+    if not trust_env:
+        return None
+    import requests.utils
+
+    if requests.utils.should_bypass_proxies(target.replace("wss://", "https://", 1).replace("ws://", "http://", 1),
+                                            no_proxy=None):
+        return None
+    scheme = "https" if target.startswith("wss://") else "http"
+    found = os.environ.get(f"{scheme}_proxy") or os.environ.get(f"{scheme.upper()}_PROXY")
+    return Proxy(found) if found else None
 
 
 __all__ = ["GatewayClient", "Dispatch", "LifecycleEvent", "Status", "LifecycleConfig"]

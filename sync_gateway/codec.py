@@ -5,7 +5,12 @@ Two kinds of failure are kept apart because they call for different actions:
 
 * :class:`DecodeError`: one payload is not a JSON object; the stream is intact, skip it.
 * :class:`CompressionError`: the compressed stream is corrupt; nothing after it can be trusted,
-  so the socket is dropped (and the session resumed).
+  so the socket is dropped (and the session resumed). Its :attr:`~CompressionError.hint` names the
+  likely cause, for the caller to report once the same failure keeps coming back on new sockets.
+
+Both compressions cap a decompressed payload at :data:`MAX_INFLATED_BYTES` and refuse it as a
+CompressionError without first allocating the whole of it: a few KB of hostile input cannot make
+the client allocate hundreds of MB.
 """
 import json
 import zlib
@@ -19,6 +24,36 @@ COMPRESSIONS = (None, "zlib-stream", "zstd-stream")
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
 #: A decompressed payload larger than this is refused (a bomb or a broken peer), as a CompressionError.
 MAX_INFLATED_BYTES = 64 * 1024 * 1024
+
+# A zstd block regenerates at most 128 KiB (RFC 8878 3.1.1.2.4) and takes at least 4 bytes on the wire
+# (3-byte header + 1 byte of an RLE block), so n compressed bytes inflate to at most n * 32 KiB, plus one
+# block that an earlier message left incomplete. That bound lets _feed_zstd feed slices small enough
+# that one call cannot overshoot the cap by more than a block: zstandard's decompressobj has no max_length.
+_ZSTD_BLOCK_MAX = 128 * 1024
+_ZSTD_MAX_RATIO = _ZSTD_BLOCK_MAX // 4
+#: Longest message that cannot inflate past the cap in one call (about 2 KB; nearly every message).
+_ZSTD_ONE_CALL = (MAX_INFLATED_BYTES - _ZSTD_BLOCK_MAX) // _ZSTD_MAX_RATIO
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_ZSTD_FCS_SIZES = (0, 2, 4, 8)  # Frame_Content_Size field by FCS_flag (0 means 1 byte if single-segment)
+_ZSTD_DID_SIZES = (0, 1, 2, 4)
+# Where a message may end: after a whole block inside a frame, or after a whole frame.
+_ZSTD_BETWEEN_FRAMES = 0
+_ZSTD_IN_FRAME = 1  # the frame has no checksum
+_ZSTD_IN_FRAME_CHECKSUM = 2
+
+_HINT_ZLIB = (
+    "the server does not seem to send zlib-stream as Discord does (one zlib context for the whole "
+    "connection, every payload ending in 00 00 ff ff); try compress=None"
+)
+_HINT_ZSTD = (
+    "the server does not seem to send zstd-stream as Discord does (one zstd stream for the whole "
+    "connection with a block flush after every payload, or one complete zstd frame per message); "
+    "try compress='zlib-stream' or compress=None"
+)
+_HINT_BOMB = (
+    f"the server sent a payload that inflates past {MAX_INFLATED_BYTES} bytes "
+    "(a decompression bomb, or a broken server)"
+)
 
 try:  # optional speed extra
     import orjson as _orjson
@@ -36,7 +71,36 @@ class DecodeError(ValueError):
 
 
 class CompressionError(ValueError):
-    """The compressed stream is corrupt or truncated; the socket must be dropped."""
+    """The compressed stream is corrupt or truncated; the socket must be dropped.
+
+    ``hint`` (keyword-only, default ``""``) names the likely cause in words a user can act on, e.g.
+    that the server does not speak zstd-stream the way Discord does. It is the same string for every
+    occurrence of one cause, while ``str(exc)`` may carry details of one message: a caller that sees
+    the same ``hint`` on socket after socket can stop retrying quietly and report it as an ERROR.
+    """
+
+    def __init__(self, *args: object, hint: str = "") -> None:
+        super().__init__(*args)
+        self.hint = hint
+
+    def __reduce__(self) -> Any:  # keep ``hint`` across pickling (ValueError pickles args only)
+        return (_compression_error, (self.args, self.hint))
+
+
+def _compression_error(args: tuple, hint: str) -> CompressionError:
+    return CompressionError(*args, hint=hint)
+
+
+def _sniff(data: Union[bytes, bytearray, str]) -> str:
+    """What a message that failed to decompress looks like, for a hint ("" if nothing telling)."""
+    head = bytes(data[:4]) if not isinstance(data, str) else data[:4].encode("utf-8", "replace")
+    if head[:1] in (b"{", b"["):
+        return "; the message is plain JSON, not compressed"
+    if head == _ZSTD_MAGIC:
+        return "; the message is zstd data"
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
+        return "; the message starts like zlib data"
+    return ""
 
 
 def check_compress(compress: Optional[str]) -> Optional[str]:
@@ -48,7 +112,8 @@ def check_compress(compress: Optional[str]) -> Optional[str]:
             import zstandard  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "compress='zstd-stream' needs the zstandard package: pip install 'sync-gateway[zstd]'"
+                "compress='zstd-stream' needs the zstandard package: pip install 'sync-gateway[zstd]' "
+                "(from a checkout: pip install -e '.[zstd]')"
             ) from None
     return compress
 
@@ -61,18 +126,24 @@ def encode(payload: Dict[str, Any]) -> str:
 class Decoder:
     """Turns websocket messages of one socket into payload dicts."""
 
-    __slots__ = ("compress", "_buffer", "_inflate", "_zstd")
+    __slots__ = ("compress", "_buffer", "_inflate", "_zstd", "_zstd_error", "_zstd_state")
 
     def __init__(self, compress: Optional[str] = None) -> None:
         check_compress(compress)
         self.compress = compress
         self._buffer = bytearray()
         self._inflate = zlib.decompressobj() if compress == "zlib-stream" else None
-        self._zstd = None
+        self._zstd: Any = None
+        self._zstd_error: Any = None
+        self._zstd_state = _ZSTD_BETWEEN_FRAMES
         if compress == "zstd-stream":
             import zstandard
 
-            self._zstd = zstandard.ZstdDecompressor().decompressobj()
+            # read_across_frames: a frame that ends (a server sending one whole frame per message, or
+            # ending one frame mid-stream and starting the next) is followed by the next frame, instead
+            # of "cannot use a decompressobj multiple times" on every later message.
+            self._zstd = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
+            self._zstd_error = zstandard.ZstdError
 
     def feed(self, data: Union[bytes, bytearray, str], binary: bool) -> Optional[Dict[str, Any]]:
         """Feed one websocket message; return a payload, or None while a zlib payload is incomplete."""
@@ -91,7 +162,9 @@ class Decoder:
         else:
             self._buffer += data  # type: ignore[operator]
             if len(self._buffer) > MAX_INFLATED_BYTES:
-                raise CompressionError("zlib-stream payload never completed (no 00 00 ff ff marker)")
+                raise CompressionError(
+                    "zlib-stream payload never completed (no 00 00 ff ff marker)", hint=_HINT_ZLIB + _sniff(self._buffer)
+                )
             if self._buffer[-4:] != ZLIB_SUFFIX:
                 return None
             chunk = bytes(self._buffer)
@@ -99,22 +172,85 @@ class Decoder:
         try:
             raw = self._inflate.decompress(chunk, MAX_INFLATED_BYTES)
         except zlib.error as exc:
-            raise CompressionError(f"corrupt zlib-stream data: {exc}") from None
+            raise CompressionError(f"corrupt zlib-stream data: {exc}", hint=_HINT_ZLIB + _sniff(chunk)) from None
         if self._inflate.unconsumed_tail:
-            raise CompressionError(f"inflated payload larger than {MAX_INFLATED_BYTES} bytes")
+            raise CompressionError(f"inflated payload larger than {MAX_INFLATED_BYTES} bytes", hint=_HINT_BOMB)
         return self._parse(raw)
 
-    def _feed_zstd(self, data: Union[bytes, bytearray, str]) -> Optional[Dict[str, Any]]:
-        import zstandard
-
-        assert self._zstd is not None
+    def _feed_zstd(self, data: Union[bytes, bytearray, str]) -> Dict[str, Any]:
+        if not isinstance(data, bytes):
+            data = bytes(data)  # type: ignore[arg-type]
         try:
-            raw = self._zstd.decompress(bytes(data))
-        except zstandard.ZstdError as exc:
-            raise CompressionError(f"corrupt zstd-stream data: {exc}") from None
+            if len(data) <= _ZSTD_ONE_CALL:
+                raw = self._zstd.decompress(data)  # the common case: cannot pass the cap
+            else:
+                raw = self._inflate_zstd_capped(data)
+        except self._zstd_error as exc:
+            raise CompressionError(f"corrupt zstd-stream data: {exc}", hint=_HINT_ZSTD + _sniff(data)) from None
         if not raw:
-            raise CompressionError("zstd-stream message decompressed to nothing (truncated?)")
+            raise CompressionError(
+                "zstd-stream message decompressed to nothing (truncated?)", hint=_HINT_ZSTD + _sniff(data)
+            )
+        if not self._zstd_message_complete(data):
+            # The decoder streams a raw block out as it arrives, so a cut message can still yield a
+            # prefix of a payload: that would pass for a bad payload (DecodeError, stream intact).
+            raise CompressionError("zstd-stream message ends inside a zstd block (truncated?)", hint=_HINT_ZSTD)
         return self._parse(raw)
+
+    def _zstd_message_complete(self, data: bytes) -> bool:
+        """Walk the frame and block headers of a message the decoder accepted (RFC 8878 section 3.1).
+
+        True if it ends after a whole block or a whole frame, as every message must when each one
+        carries exactly one payload. The decoder has validated the bytes; this only tracks where they
+        end, which the decoder does not tell. A few integer operations per block (one block per
+        message, usually).
+        """
+        end = len(data)
+        pos = 0
+        state = self._zstd_state
+        while pos < end:
+            if state == _ZSTD_BETWEEN_FRAMES:
+                if data[pos : pos + 4] != _ZSTD_MAGIC:  # a skippable frame: magic, 4-byte size, data
+                    if end - pos < 8:
+                        return False
+                    pos += 8 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+                    continue
+                if end - pos < 5:
+                    return False
+                fhd = data[pos + 4]
+                single = fhd & 0x20
+                fcs = _ZSTD_FCS_SIZES[fhd >> 6] or (1 if single else 0)
+                pos += 5 + (0 if single else 1) + _ZSTD_DID_SIZES[fhd & 3] + fcs
+                state = _ZSTD_IN_FRAME_CHECKSUM if fhd & 0x04 else _ZSTD_IN_FRAME
+                continue
+            if end - pos < 3:
+                return False
+            header = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            pos += 4 if header & 6 == 2 else 3 + (header >> 3)  # an RLE block holds one byte
+            if header & 1:  # the frame's last block, then its checksum if it has one
+                if state == _ZSTD_IN_FRAME_CHECKSUM:
+                    pos += 4
+                state = _ZSTD_BETWEEN_FRAMES
+        self._zstd_state = state
+        return pos == end
+
+    def _inflate_zstd_capped(self, data: bytes) -> bytes:
+        """Decompress a long message in slices sized so the output stops within a block of the cap."""
+        pieces = []
+        total = 0
+        pos = 0
+        end = len(data)
+        view = memoryview(data)
+        while pos < end:
+            step = max(1, (MAX_INFLATED_BYTES - total - _ZSTD_BLOCK_MAX) // _ZSTD_MAX_RATIO)
+            out = self._zstd.decompress(view[pos : pos + step])
+            pos += step
+            if out:
+                total += len(out)
+                if total > MAX_INFLATED_BYTES:
+                    raise CompressionError(f"inflated payload larger than {MAX_INFLATED_BYTES} bytes", hint=_HINT_BOMB)
+                pieces.append(out)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     @staticmethod
     def _parse(raw: Union[bytes, bytearray, str]) -> Dict[str, Any]:

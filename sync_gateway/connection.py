@@ -5,23 +5,28 @@ frames and *posts* them to the supervisor stamped with the socket's epoch. It ne
 lifecycle state and never runs user code. Its very last post is ``closed``, sent after the OS
 socket is closed, so the supervisor knows that the socket can no longer carry anything.
 
-We create and connect the OS socket ourselves and hand it to websocket-client (``socket=``), so
-that :meth:`Connection.abort` can ``shutdown()`` and ``close()`` it at any moment — even during the
-TLS or websocket handshake, which websocket-client itself offers no way to interrupt.
+The connection owns its one socket at every stage: TCP connect, proxy CONNECT, TLS handshake,
+websocket upgrade and frames are all done here on the same object, published in ``self._sock``
+before each stage starts, so :meth:`Connection.abort` can ``shutdown()`` and ``close()`` it at any
+moment (invariant 1). websocket-client lends its frame masking only; it never holds our socket.
 """
+import base64
+import hashlib
+import os
 import socket
 import ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit
 
 import websocket
 
 from ._log import get_logger
 from ._version import __version__
 from .codec import CompressionError, DecodeError, Decoder
+from .errors import ConfigError
 from .protocol import SEND_LIMIT, SEND_PERIOD
 from .ratelimit import SendWindow
 
@@ -66,6 +71,7 @@ class Connection:
         compress: Optional[str] = None,
         connect_timeout: float = 20.0,
         ssl_context: Optional[ssl.SSLContext] = None,
+        proxy: Optional["Proxy"] = None,
     ) -> None:
         self.epoch = epoch
         self.url = url
@@ -73,16 +79,17 @@ class Connection:
         self._post = post
         self._decoder = Decoder(compress)
         self._connect_timeout = connect_timeout
-        self._ahead: Optional[_ReadAhead] = None
+        self._initial = b""  # bytes that arrived after the upgrade response (HELLO, often)
         self._read_timeout = connect_timeout + 10.0
         self._last_rx = 0.0
         self._ssl_context = ssl_context
+        self._proxy = proxy
         self._sock: Optional[socket.socket] = None
-        self._ws: Optional[websocket.WebSocket] = None
         self._lock = threading.Lock()  # guards _sock/_aborted between the reader and abort()
         self._send_lock = threading.Lock()
         self._aborted = False
         self._close_sent: Optional[int] = None
+        self.error_hint: Optional[str] = None
         # Discord counts frames as it receives them; a second of margin absorbs the jitter of the
         # path between our clock and theirs (a frame freed at exactly 60 s could land at 59.99).
         self.window = SendWindow(limit=SEND_LIMIT, per=SEND_PERIOD + SEND_WINDOW_MARGIN)
@@ -105,28 +112,26 @@ class Connection:
         The supervisor passes *lock_timeout*: a user thread stuck in a send on a stalled socket
         must never hold up heartbeats or a teardown (the frame is then dropped, ConnectionError).
         """
-        ws = self._ws
-        if ws is None or not self.opened.is_set():
+        if not self.opened.is_set():
             raise ConnectionError(f"socket e{self.epoch} is not open")
         if not self._send_lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout):
             raise ConnectionError(f"socket e{self.epoch} is busy sending")
         try:
-            ws.send(text)
+            self._send_frame(_OP_TEXT, text.encode("utf-8"))
         finally:
             self._send_lock.release()
 
     def send_close(self, code: int, reason: str = "") -> None:
         """Send a close frame (best effort; never blocks on the peer's answer or a stalled send)."""
-        ws = self._ws
-        if ws is None or self._close_sent is not None:
+        if not self.opened.is_set() or self._close_sent is not None:
             return
         self._close_sent = code
         if not self._send_lock.acquire(timeout=SUPERVISOR_SEND_LOCK_TIMEOUT):
             log.debug("e%d: close frame not sent: a send is stalled", self.epoch)
             return
         try:
-            ws.send(struct.pack("!H", code) + reason.encode("utf-8")[:120], _OP_CLOSE)
-        except (OSError, websocket.WebSocketException) as exc:
+            self._send_frame(_OP_CLOSE, struct.pack("!H", code) + reason.encode("utf-8")[:120])
+        except OSError as exc:
             log.debug("e%d: close frame not sent: %s", self.epoch, exc)
         finally:
             self._send_lock.release()
@@ -169,8 +174,8 @@ class Connection:
             error = "closed by us"
         except CompressionError as exc:
             error = f"protocol error: {exc}"
-            log.warning("shard %d: e%d: %s; dropping the socket", self.shard_id, self.epoch, exc)
-        except (OSError, websocket.WebSocketException, ssl.SSLError, ValueError) as exc:
+            self.error_hint = getattr(exc, "hint", None)  # the supervisor reports repeats with it
+        except (OSError, websocket.WebSocketException, ssl.SSLError, ValueError, HandshakeError) as exc:
             if self._aborted:
                 error = "closed by us"
             else:
@@ -185,10 +190,35 @@ class Connection:
             self._post(("closed", self.epoch, code, reason, error))
 
     def _connect(self) -> None:
+        """TCP connect (through the proxy, if any), TLS, then the websocket upgrade, on one socket.
+
+        ``self._sock`` always holds the object whose ``shutdown()`` reaches the file descriptor in
+        use, from before the TCP connect to the end: :meth:`abort` interrupts every stage.
+        """
         parts = urlsplit(self.url)
         secure = parts.scheme == "wss"
         host = parts.hostname or ""
         port = parts.port or (443 if secure else 80)
+        proxy = self._proxy
+        sock = self._tcp_connect(proxy.host, proxy.port) if proxy else self._tcp_connect(host, port)
+        if proxy is not None:
+            proxy.tunnel(sock, host, port, self._connect_timeout)
+        if secure:
+            context = self._ssl_context or ssl.create_default_context()
+            # The handshake is done by hand, after the TLS socket is published: wrap_socket()
+            # detaches the TCP socket, and a handshake inside it could not be aborted.
+            tls = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            with self._lock:
+                self._sock = tls
+                if self._aborted:
+                    raise _Aborted()
+            tls.do_handshake()  # certificate and host name verified by the context
+            sock = tls
+        self._initial = _upgrade(sock, parts, host, port, secure)
+        if self._aborted:
+            raise _Aborted()
+
+    def _tcp_connect(self, host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
         last: Optional[BaseException] = None
         for family, socktype, proto, _name, addr in infos:
@@ -202,7 +232,7 @@ class Connection:
                 sock.settimeout(self._connect_timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.connect(addr)
-                break
+                return sock
             except OSError as exc:
                 last = exc
                 sock.close()
@@ -210,104 +240,81 @@ class Connection:
                     self._sock = None
                     if self._aborted:
                         raise _Aborted() from None
-        else:
-            raise last or OSError(f"no address for {host}")
-        if secure:
-            context = self._ssl_context or ssl.create_default_context()
-            tls = context.wrap_socket(self._sock, server_hostname=host)  # certificate and host verified
-            with self._lock:
-                self._sock = tls
-                if self._aborted:
-                    raise _Aborted()
-        self._ahead = _ReadAhead(self._sock)
-        ws = websocket.WebSocket(skip_utf8_validation=True)
-        ws.connect(
-            self.url,
-            socket=self._ahead,
-            timeout=self._connect_timeout,
-            suppress_origin=True,
-            header=[f"User-Agent: sync_gateway/{__version__}"],
-        )
-        self._ws = ws
-        if self._aborted:
-            raise _Aborted()
+        raise last or OSError(f"no address for {host}")
+
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError(f"socket e{self.epoch} is closed")
+        sock.sendall(encode_frame(opcode, payload))
 
     def _read_loop(self) -> Tuple[Optional[int], str]:
         """Read frames until the peer's close frame (returned) or an error (raised).
 
-        websocket-client did the handshake and does every send; reading is ours: server frames
-        are unmasked and simple, and parsing them from one large read is several times cheaper
-        than websocket-client's frame reader (three ``recv`` calls and many Python layers per
-        frame) — the reader thread is the hot path of the whole client. Payloads whose
-        successor has already arrived are handed over in one batch, so under load the supervisor
-        wakes once per burst, not once per event.
+        Reading is ours, not websocket-client's: server frames are unmasked and simple, and
+        parsing them out of one large read is several times cheaper than a frame reader that
+        does three ``recv`` calls per frame; the reader thread is the hot path of the whole
+        client. Payloads that are complete in the buffer together are handed over in one batch,
+        so under load the supervisor wakes once per burst, not once per event; but a complete
+        frame is never held back waiting for bytes that have not arrived (invariant 10).
         """
-        ahead = self._ahead
-        assert ahead is not None
-        reader = _FrameReader(self, ahead.take_buffer())
+        reader = _FrameReader(self, self._initial)
+        self._initial = b""
+        decoder = self._decoder
         post = self._post
         epoch = self.epoch
-        batch: list = []
+        next_frame = reader.next_frame
+        complete = reader.complete
+        batch: List[Dict[str, Any]] = []
+        fragments: List[bytes] = []
+        fragment_op = 0
+        size = 0
         try:
-            return self._read_frames(reader, post, epoch, batch)
+            while True:
+                if batch and (len(batch) >= MAX_BATCH or not complete()):
+                    # Nothing more is complete yet: hand over what we have before waiting.
+                    post(("frames", epoch, batch) if len(batch) > 1 else ("frame", epoch, batch[0]))
+                    batch = []
+                fin, opcode, data = next_frame()
+                if opcode == _OP_TEXT or opcode == _OP_BINARY:
+                    if fragments:
+                        raise websocket.WebSocketProtocolException("new message inside a fragmented one")
+                    if not fin:
+                        fragments, fragment_op, size = [data], opcode, len(data)
+                        continue
+                elif opcode == _OP_CONT:
+                    if not fragments:
+                        raise websocket.WebSocketProtocolException("continuation frame without a start")
+                    fragments.append(data)
+                    size += len(data)
+                    if size > MAX_MESSAGE_BYTES:
+                        raise websocket.WebSocketProtocolException(f"message over {MAX_MESSAGE_BYTES} bytes")
+                    if not fin:
+                        continue
+                    data, opcode, fragments = b"".join(fragments), fragment_op, []
+                elif opcode == _OP_CLOSE:
+                    return self._on_close_frame(data)
+                elif opcode == _OP_PING:
+                    with self._send_lock:
+                        self._send_frame(_OP_PONG, data)
+                    continue
+                elif opcode == _OP_PONG:
+                    continue
+                else:
+                    raise websocket.WebSocketProtocolException(f"unknown websocket opcode {opcode}")
+                try:
+                    payload = decoder.feed(data, opcode == _OP_BINARY)
+                except DecodeError as exc:
+                    if batch:
+                        post(("frames", epoch, batch))
+                        batch = []
+                    post(("bad_frame", epoch, str(exc)))
+                    continue
+                if payload is not None:
+                    batch.append(payload)
         finally:
             if batch:
                 post(("frames", epoch, batch))
-
-    def _read_frames(self, reader: "_FrameReader", post: Post, epoch: int, batch: list) -> Tuple[Optional[int], str]:
-        decoder = self._decoder
-        next_frame = reader.next_frame
-        fragments: list = []
-        fragment_op = 0
-        size = 0
-        while True:
-            fin, opcode, data = next_frame()
-            if opcode == _OP_TEXT or opcode == _OP_BINARY:
-                if fragments:
-                    raise websocket.WebSocketProtocolException("new message inside a fragmented one")
-                if not fin:
-                    fragments, fragment_op, size = [data], opcode, len(data)
-                    continue
-            elif opcode == _OP_CONT:
-                if not fragments:
-                    raise websocket.WebSocketProtocolException("continuation frame without a start")
-                fragments.append(data)
-                size += len(data)
-                if size > MAX_MESSAGE_BYTES:
-                    raise websocket.WebSocketProtocolException(f"message over {MAX_MESSAGE_BYTES} bytes")
-                if not fin:
-                    continue
-                data, opcode, fragments = b"".join(fragments), fragment_op, []
-            elif opcode == _OP_CLOSE:
-                return self._on_close_frame(data)
-            elif opcode == _OP_PING:
-                ws = self._ws
-                assert ws is not None
-                with self._send_lock:
-                    ws.pong(data)
-                continue
-            elif opcode == _OP_PONG:
-                continue
-            else:
-                raise websocket.WebSocketProtocolException(f"unknown websocket opcode {opcode}")
-            try:
-                payload = decoder.feed(data, opcode == _OP_BINARY)
-            except DecodeError as exc:
-                if batch:
-                    post(("frames", epoch, batch[:]))
-                    batch.clear()
-                post(("bad_frame", epoch, str(exc)))
-                continue
-            if payload is None:
-                continue
-            if reader.pending() and len(batch) < MAX_BATCH:
-                batch.append(payload)
-            elif batch:
-                batch.append(payload)
-                post(("frames", epoch, batch[:]))
-                batch.clear()
-            else:
-                post(("frame", epoch, payload))
 
     def _on_close_frame(self, data: bytes) -> Tuple[Optional[int], str]:
         code: Optional[int] = None
@@ -344,49 +351,6 @@ class _Aborted(Exception):
     pass
 
 
-class _ReadAhead:
-    """The OS socket as websocket-client sees it during the handshake: its one-byte reads of the
-    HTTP response are served from one large ``recv``; what arrives after the response (HELLO,
-    often) is handed to the frame reader by :meth:`take_buffer`."""
-
-    __slots__ = ("sock", "_buf", "_pos")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, n: int) -> bytes:
-        buf, pos = self._buf, self._pos
-        if pos < len(buf):
-            end = pos + n
-            if end >= len(buf):
-                self._buf, self._pos = b"", 0
-                return buf[pos:] if pos else buf
-            self._pos = end
-            return buf[pos:end]
-        data = self.sock.recv(max(n, 4096))
-        if len(data) > n:
-            self._buf, self._pos = data, n
-            return data[:n]
-        return data
-
-    def take_buffer(self) -> bytes:
-        rest = self._buf[self._pos :]
-        self._buf, self._pos = b"", 0
-        return rest
-
-    def gettimeout(self) -> Optional[float]:
-        return self.sock.gettimeout()
-
-    @property
-    def _closed(self) -> bool:  # websocket-client's shutdown() looks at it
-        return bool(getattr(self.sock, "_closed", False))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
 class _FrameReader:
     """RFC 6455 frames from the server, parsed out of large reads (no copy of what is not a payload).
 
@@ -408,8 +372,18 @@ class _FrameReader:
         conn._last_rx = time.monotonic()
         sock.settimeout(conn._read_timeout)
 
-    def pending(self) -> bool:
-        return len(self.buf) > self.pos
+    def complete(self) -> bool:
+        """True when a whole frame is already in the buffer (next_frame() will not read)."""
+        buf, pos = self.buf, self.pos
+        avail = len(buf) - pos
+        if avail < 2:
+            return False
+        length = buf[pos + 1] & 0x7F
+        if length < 126:
+            return avail >= 2 + length
+        if length == 126:
+            return avail >= 4 and avail >= 4 + int.from_bytes(buf[pos + 2 : pos + 4], "big")
+        return avail >= 10 and avail >= 10 + int.from_bytes(buf[pos + 2 : pos + 10], "big")
 
     def _fill(self, need: int) -> None:
         buf = self.buf
@@ -470,13 +444,155 @@ class _FrameReader:
         return bool(b1 & 0x80), opcode, data
 
 
+class HandshakeError(Exception):
+    """The websocket upgrade was refused or answered with something that is not a websocket."""
+
+
+class ProxyError(Exception):
+    """The HTTP proxy refused the CONNECT tunnel (its message names the proxy, never credentials)."""
+
+
+#: An HTTP response head larger than this is refused (a broken or hostile peer).
+MAX_HEAD_BYTES = 64 * 1024
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, masked client frame (RFC 6455 5.2); websocket-client's XOR does the masking."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    return head + mask + websocket.ABNF.mask(mask, payload)
+
+
+def _read_head(sock: socket.socket, what: str) -> Tuple[int, Dict[str, str], bytes]:
+    """Read an HTTP/1.1 response head: (status, lower-cased headers, bytes that came after it)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        if len(buf) > MAX_HEAD_BYTES:
+            raise HandshakeError(f"{what}: response head over {MAX_HEAD_BYTES} bytes")
+        data = sock.recv(4096)
+        if not data:
+            raise websocket.WebSocketConnectionClosedException(f"{what}: connection closed during the handshake")
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("iso-8859-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise HandshakeError(f"{what}: not an HTTP response: {lines[0][:80]!r}")
+    headers: Dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, rest
+
+
+def _host_header(host: str, port: int, default: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == default else f"{shown}:{port}"
+
+
+def _upgrade(sock: socket.socket, parts: Any, host: str, port: int, secure: bool) -> bytes:
+    """The websocket opening handshake (RFC 6455 4.1) on our own socket; returns what followed it."""
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = (
+        f"GET {target} HTTP/1.1\r\n"
+        f"Host: {_host_header(host, port, 443 if secure else 80)}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        f"User-Agent: sync_gateway/{__version__}\r\n\r\n"
+    )
+    sock.sendall(request.encode("ascii"))
+    status, headers, rest = _read_head(sock, "websocket upgrade")
+    if status != 101:
+        raise HandshakeError(f"handshake refused: HTTP {status}")
+    accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _WS_GUID).digest()).decode("ascii")
+    if headers.get("upgrade", "").lower() != "websocket" or "upgrade" not in headers.get("connection", "").lower():
+        raise HandshakeError("handshake refused: the server did not switch to websocket")
+    if headers.get("sec-websocket-accept") != accept:
+        raise HandshakeError("handshake refused: wrong Sec-WebSocket-Accept")
+    if headers.get("sec-websocket-extensions"):
+        raise HandshakeError("handshake refused: the server chose an extension we did not offer")
+    return rest
+
+
+class Proxy:
+    """An HTTP proxy for the gateway socket: ``CONNECT host:port`` on our own socket, so
+    :meth:`Connection.abort` reaches the tunnel at every stage, the proxy handshake included.
+
+    Credentials come from the URL (``http://user:pass@host:port``) and are sent as Basic
+    ``Proxy-Authorization``; :attr:`display` (for logs and errors) never contains them.
+    """
+
+    __slots__ = ("url", "host", "port", "display", "_auth")
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str):
+            raise ConfigError(f"proxy must be a URL str like 'http://host:3128', not {type(url).__name__}")
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            shown = _without_credentials(url)
+            raise ConfigError(f"proxy must be an http:// URL with a host, like 'http://host:3128'; got {shown!r}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            raise ConfigError(f"proxy URL has a bad port: {_without_credentials(url)!r}") from None
+        self.url = url
+        self.host = parts.hostname
+        self.port = port
+        self.display = f"http://{_host_header(self.host, port, 0)}"
+        self._auth: Optional[str] = None
+        if parts.username is not None:
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
+            self._auth = "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def __repr__(self) -> str:
+        return f"<Proxy {self.display}>"
+
+    def tunnel(self, sock: socket.socket, host: str, port: int, timeout: float) -> None:
+        """Ask the proxy for a tunnel to *host:port*; raise :class:`ProxyError` if refused."""
+        target = _host_header(host, port, 0)
+        lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}", f"User-Agent: sync_gateway/{__version__}"]
+        if self._auth:
+            lines.append(f"Proxy-Authorization: {self._auth}")
+        sock.settimeout(timeout)
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+        try:
+            status, _headers, rest = _read_head(sock, f"proxy {self.display}")
+        except HandshakeError as exc:
+            raise ProxyError(str(exc)) from None
+        if status == 407:
+            raise ProxyError(f"proxy {self.display} requires authentication (HTTP 407); put user:password in the proxy URL")
+        if status != 200:
+            raise ProxyError(f"proxy {self.display} refused the tunnel to {target}: HTTP {status}")
+        if rest:
+            raise ProxyError(f"proxy {self.display} sent data before the tunnel was used")
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _describe_error(exc: BaseException, opened: bool) -> str:
     if isinstance(exc, websocket.WebSocketTimeoutException) or isinstance(exc, socket.timeout):
         return "read timeout" if opened else "connect timeout"
     if isinstance(exc, websocket.WebSocketConnectionClosedException):
         return "connection lost"
-    if isinstance(exc, websocket.WebSocketBadStatusException):
-        return f"handshake refused: HTTP {getattr(exc, 'status_code', '?')}"
+    if isinstance(exc, (HandshakeError, ProxyError)):
+        return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate rejected: {exc.verify_message}"
     if isinstance(exc, ConnectionRefusedError):

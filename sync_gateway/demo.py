@@ -14,6 +14,7 @@ the output (it writes to *out*, the CLI's stdout).
 import collections
 import json
 import sys
+import textwrap
 import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, TextIO, Tuple
@@ -23,7 +24,7 @@ from .protocol import LifecycleConfig
 
 log = get_logger(__name__)
 
-__all__ = ["run_demo", "DEMO_CONFIG", "DEMO_RATE", "format_summary"]
+__all__ = ["run_demo", "DEMO_CONFIG", "DEMO_RATE", "format_summary", "explain_summary", "timing_note"]
 
 #: Short but sane timeouts, so that each recovery fits in a second or two on loopback.
 DEMO_CONFIG = LifecycleConfig(
@@ -43,6 +44,13 @@ DEMO_HEARTBEAT_MS = 1000
 _REFRESH = 0.25
 #: Time kept back from ``seconds + 10`` for teardown.
 _TEARDOWN_BUDGET = 3.0
+
+_TIMING_NOTE = (
+    "timeouts are shortened so that each fault recovers in a second or two: heartbeat every {hb:g} s "
+    "(Discord asks for ~41.25 s), HELLO timeout {hello:g} s and READY timeout {ready:g} s (defaults "
+    "{d_hello:g} s and {d_ready:g} s), reconnect backoff {b0:g}..{b1:g} s (default {d_b0:g}..{d_b1:g} s); "
+    "a real client keeps the defaults"
+)
 
 _GATE_NOTE = (
     "the IDENTIFY gate runs with interval 0 here (demo only; Discord allows one IDENTIFY per 5 s "
@@ -109,7 +117,8 @@ class _Display:
     def on_fault(self, phase: str, result: Any) -> None:
         if phase == "injected":
             self.faults_injected += 1
-            self.line(f"{self._stamp()} fault {result.kind}: injected (expect {result.expected})")
+            what = _fault_description(result.kind)
+            self.line(f"{self._stamp()} fault {result.kind}: injected ({what}{'; ' if what else ''}expect {result.expected})")
         elif phase == "recovered":
             self.faults_recovered += 1
             how = {"resumed": "session resumed", "ready": "new session", "none": "socket stayed up"}.get(
@@ -157,6 +166,54 @@ def _status_line(client: Any, display: _Display, rate: float) -> str:
     )
 
 
+def _fault_description(kind: str) -> str:
+    from .testing.chaos import get_fault
+
+    try:
+        return get_fault(kind).description
+    except ValueError:
+        return ""
+
+
+def timing_note(config: LifecycleConfig = DEMO_CONFIG, heartbeat_ms: int = DEMO_HEARTBEAT_MS) -> str:
+    """Says how the demo's timeouts differ from the defaults a real client runs with."""
+    d = LifecycleConfig()
+    return _TIMING_NOTE.format(
+        hb=heartbeat_ms / 1000, hello=config.hello_timeout, ready=config.ready_timeout,
+        d_hello=d.hello_timeout, d_ready=d.ready_timeout, b0=config.backoff_base, b1=config.backoff_max,
+        d_b0=d.backoff_base, d_b1=d.backoff_max,
+    )
+
+
+def explain_summary(summary: Dict[str, Any]) -> List[str]:
+    """Notes under the summary: the questions its numbers raise, answered from the run itself."""
+    notes: List[str] = []
+    if "hello-stall" in summary.get("faults", {}):
+        notes.append(
+            "hello-stall shows an op 7 first: a HELLO can only go missing on a new connection, so the fault "
+            "asks the client to reconnect (op 7) and the fake then sends no HELLO. The client gives up on the "
+            f"silent socket after its {DEMO_CONFIG.hello_timeout:g} s HELLO timeout and resumes on a third one."
+        )
+    dropped = summary.get("dropped_with_lost_session")
+    if dropped is not None:
+        notes.append(
+            f"{dropped} dropped with a lost session (expected): events the fake had sent on a session that was "
+            "then invalidated (op 9, the forced fresh IDENTIFY) before the client read them. Discord never "
+            "replays a lost session, so no client can get them; they are not 'events lost', which counts "
+            "events of a live or resumed session that never reached a handler (that must be 0)."
+        )
+    lo, hi = summary.get("threads_min"), summary.get("threads_max")
+    if lo is not None and hi is not None:
+        note = (
+            f"threads {lo}..{hi}: a client runs a supervisor and a dispatcher thread all the time, plus one "
+            "reader thread per live socket"
+        )
+        if lo < hi:
+            note += f"; between two sockets (during a reconnect) there is no reader, hence the {lo}"
+        notes.append(note + ". The README's 3 threads is a connected client.")
+    return notes
+
+
 def format_summary(summary: Dict[str, Any]) -> str:
     """The closing table of the demo (every number from the ledger)."""
     rows = [
@@ -182,6 +239,12 @@ def format_summary(summary: Dict[str, Any]) -> str:
         f"lost session (expected), {summary['identifies_required']} IDENTIFYs required, "
         f"{summary['resumes']} RESUMEs, threads {summary['threads_min']}..{summary['threads_max']}"
     )
+    notes = explain_summary(summary)
+    if notes:
+        lines.append("")
+        lines.append("  notes:")
+        for note in notes:
+            lines.extend(textwrap.wrap(note, width=96, initial_indent="  * ", subsequent_indent="    "))
     return "\n".join(lines)
 
 
@@ -235,6 +298,7 @@ def run_demo(
         )
         display.line(f"{len(DEMO_FAULTS)} faults over {seconds:g}s (one every {spacing:.2f}s), "
                      f"{DEMO_RATE:g} MESSAGE_CREATE/s; {_GATE_NOTE}")
+        display.line(timing_note())
         rig.start(ready_timeout=min(10.0, max(2.0, hard_deadline - time.monotonic())))
         rig.start_chaos()
         rate = _Rate(rig.ledger.delivered_count)
@@ -274,6 +338,7 @@ def run_demo(
     summary["expected"] = {name: get_fault(name).expect for name in DEMO_FAULTS}
     summary["seconds"] = seconds
     summary["identify_gate_note"] = _GATE_NOTE
+    summary["timing_note"] = timing_note()
     all_recovered = (
         summary["faults_injected"] >= len(DEMO_FAULTS) and summary["faults_recovered"] == summary["faults_injected"]
     )

@@ -8,7 +8,7 @@ import inspect
 import re
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, TypeVar, Union, overload
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
 
 from ._log import get_logger
 from .protocol import Dispatch, LifecycleEvent
@@ -25,6 +25,12 @@ SLOW_HANDLER_SECONDS = 5.0
 BACKLOG_WARNING = 10_000
 
 _STOP = object()
+
+
+class _Call(NamedTuple):
+    """Internal work that must run after the handlers of everything queued before it."""
+
+    fn: Callable[[], None]
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -155,8 +161,19 @@ class HandlerMethods:
 class Dispatcher:
     """Runs handlers, in arrival order, on one thread of its own."""
 
-    def __init__(self, registry: Registry, *, name: str = "sync_gateway-dispatch-s0") -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        name: str = "sync_gateway-dispatch-s0",
+        on_drained: Optional[Callable[[], None]] = None,
+    ) -> None:
         self.registry = registry
+        #: Called on this thread once :meth:`stop` is reached: every queued handler has returned.
+        self.on_drained = on_drained
+        self._halted = False
+        #: (handler name, what it handles, monotonic start) of the call in progress, or None.
+        self.current: Optional[Tuple[str, str, float]] = None
         self._queue: Deque[Any] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = False
@@ -195,6 +212,21 @@ class Dispatcher:
             self._queue.append(_STOP)
             self._cond.notify()
 
+    def put_call(self, fn: Callable[[], None]) -> None:
+        """Run *fn* on this thread once the handlers of everything queued so far have returned."""
+        with self._cond:
+            self._queue.append(_Call(fn))
+            if self._waiting:
+                self._cond.notify()
+
+    def halt(self) -> None:
+        """From now on no handler call starts (one already running finishes on its own); the
+        thread ends at its next check. For ``close()`` whose timeout ran out."""
+        self._halted = True
+        with self._cond:
+            self._queue.append(_STOP)
+            self._cond.notify()
+
     def backlog(self) -> int:
         return len(self._queue)
 
@@ -212,26 +244,51 @@ class Dispatcher:
             if len(batch) < BACKLOG_WARNING:
                 self._backlog_warned_at = 0
             for item in batch:
-                if item is _STOP:
+                if self._halted or item is _STOP:
+                    self._drained()
                     return
                 if isinstance(item, Dispatch):
                     handlers = self.registry.handlers_for(item.name)
                     self.delivered += 1
                     for fn in handlers:
+                        if self._halted:
+                            self._drained()
+                            return
                         self._call(fn, item, item.name)
                     if item.seq is not None:
                         self.handled = (item.session_id, item.seq)
+                elif type(item) is _Call:
+                    try:
+                        item.fn()
+                    except Exception:  # ours, not a handler's: reported, the thread goes on
+                        log.exception("internal work on the dispatcher thread failed")
                 else:
                     for fn in self.registry.lifecycle:
                         self._call(fn, item, f"lifecycle {item.kind}")
 
+    def _drained(self) -> None:
+        if self.on_drained is not None:
+            try:
+                self.on_drained()
+            except Exception:  # a store failure is reported, the thread still ends
+                log.exception("saving the session at the end of dispatch failed")
+
     def _call(self, fn: Callable[[Any], Any], arg: Any, what: str) -> None:
         started = time.monotonic()
+        self.current = (_name_of(fn), what, started)
         try:
             fn(arg)
-        except Exception:
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt too: this thread must not die
             self.handler_errors += 1
-            log.exception("handler %s raised on %s; continuing", _name_of(fn), what)
+            log.error(
+                "handler %s raised %s on %s; continuing",
+                _name_of(fn),
+                type(exc).__name__,
+                what,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        finally:
+            self.current = None
         elapsed = time.monotonic() - started
         if elapsed > SLOW_HANDLER_SECONDS:
             log.warning(

@@ -125,17 +125,24 @@ class FileIdentifyGate(StoredIdentifyGate):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[GateState]:
-        with self._thread_lock, _flocked(self._lock_path):
-            raw = _read_json(self.path, "FileIdentifyGate")
+        with _flocked(self._lock_path, self._thread_lock):
+            whole = _read_json(self.path, "FileIdentifyGate") or {}
+            # A view bound to a bot keeps its state under "bots"; an unbound gate at the top level.
+            bots = whole.get("bots") if isinstance(whole.get("bots"), dict) else {}
+            raw = bots.get(self.bot) if self.bot else {k: v for k, v in whole.items() if k != "bots"} or None
             try:
-                state = GateState.from_dict(raw) if raw is not None else GateState()
-            except (KeyError, TypeError, ValueError) as exc:
+                state = GateState.from_dict(raw) if raw else GateState()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 log.warning("FileIdentifyGate: %s holds no gate state (%s); starting from an empty state", self.path, exc)
                 state, raw = GateState(), None
             yield state
             new = state.to_dict()
             if new != raw:
-                _atomic_write_json(self.path, new)
+                if self.bot:
+                    whole["bots"] = dict(bots, **{self.bot: new})
+                else:
+                    whole = dict(new, bots=bots) if bots else new
+                _atomic_write_json(self.path, whole)
 
     def try_acquire(self, shard_id: int, max_concurrency: int = 1) -> Permit:
         try:
@@ -277,7 +284,7 @@ class RedisIdentifyGate(IdentifyGate):
         daily_floor: int = 0,
         interval: float = 5.0,
         margin: float = 0.25,
-        socket_timeout: float = 2.0,
+        socket_timeout: float = 0.5,
     ) -> None:
         for name, value in (("interval", interval), ("margin", margin)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
@@ -302,10 +309,14 @@ class RedisIdentifyGate(IdentifyGate):
 
     @property
     def ledger_key(self) -> str:
-        return f"{self.key_prefix}:identify:ledger"
+        return f"{self._prefix}:identify:ledger"
 
     def bucket_key(self, bucket: int) -> str:
-        return f"{self.key_prefix}:identify:bucket:{bucket}"
+        return f"{self._prefix}:identify:bucket:{bucket}"
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.key_prefix}:{self.bot}" if self.bot else self.key_prefix
 
     def try_acquire(self, shard_id: int, max_concurrency: int = 1) -> Permit:
         for name, value, minimum in (("shard_id", shard_id, 0), ("max_concurrency", max_concurrency, 1)):

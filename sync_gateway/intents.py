@@ -59,7 +59,7 @@ class Intents(enum.IntFlag):
         return value
 
     def privileged_names(self) -> "list[str]":
-        return [m.name for m in (Intents.GUILD_MEMBERS, Intents.GUILD_PRESENCES, Intents.MESSAGE_CONTENT) if self & m]
+        return [m.name for m in (Intents.GUILD_MEMBERS, Intents.GUILD_PRESENCES, Intents.MESSAGE_CONTENT) if self & m and m.name]
 
 
 def _names() -> "list[str]":

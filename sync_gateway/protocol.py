@@ -143,7 +143,7 @@ def fatal_error(code: int, reason: str = "", intents: Optional[int] = None) -> F
             "(your application -> Bot -> Privileged Gateway Intents), or leave it out of intents"
         )
     elif code == 4004:
-        message += ". Check the token (Developer Portal -> Bot -> Reset Token); it must be the bot token, without 'Bot '"
+        message += ". Check that it is the bot token, not the client secret, or make a new one (Developer Portal -> Bot -> Reset Token)"
     elif code == 4011:
         message += ". Use ShardedClient or pass shard=(id, count)"
     elif code == 4013:
@@ -638,6 +638,7 @@ class _Socket:
     ack_pending: bool = False
     beat_sent_at: Optional[float] = None
     handshake_sent: bool = False
+    announced: bool = False  # the "identifying"/"resuming" event was emitted for this socket
 
 
 class ShardMachine:
@@ -1091,6 +1092,9 @@ class ShardMachine:
                     SendResume(s.epoch, self.session.session_id, self.session.seq)]
         self.identifies += 1
         self.identify_wait = None
+        if s.announced:  # a retry after the IDENTIFY gate deferred: the transition was already told
+            return [SendIdentify(s.epoch)]
+        s.announced = True
         return [self._event("identifying", now), SendIdentify(s.epoch)]
 
     def _on_dispatch(self, s: _Socket, payload: Mapping[str, Any], now: float) -> List[Action]:
@@ -1220,7 +1224,10 @@ class ShardMachine:
         actions: List[Action] = []
         if failure:
             self.failed_attempts += 1
-            if s.resume and self.session.resumable:
+            # Only a gateway that answered and then failed to resume counts (RESUME sent, then no
+            # RESUMED or a close): refused connects, DNS and TLS failures during an outage do not,
+            # so a minute without network still ends in RESUMED with every missed event replayed.
+            if s.resume and s.handshake_sent and self.session.resumable:
                 self.resume_failures += 1
                 if self.resume_failures >= self.config.max_resume_failures:
                     actions += self._drop_session(
@@ -1230,7 +1237,8 @@ class ShardMachine:
             limit = self.config.max_attempts
             if limit is not None and self.failed_attempts >= limit:
                 self._pending_error = GatewayError(
-                    f"gave up after {self.failed_attempts} failed connection attempts; last: {why}"
+                    f"gave up after {self.failed_attempts} failed connection "
+                    f"attempt{'' if self.failed_attempts == 1 else 's'}; last: {why}"
                 )
                 self.last_error = str(self._pending_error)
         if delay == "invalid_session":

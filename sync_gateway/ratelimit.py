@@ -7,7 +7,10 @@ keep them ourselves instead of finding out from the server (DESIGN.md invariant 
 Both take their clock as a parameter so that the rules are tested with a fake clock.
 """
 import abc
+import base64
 import contextlib
+import copy
+import hashlib
 import math
 import threading
 import time
@@ -227,6 +230,22 @@ class Permit(NamedTuple):
         return self.wait <= 0.0
 
 
+_BIND_LOCK = threading.Lock()
+
+
+def bot_id_from_token(token: str) -> str:
+    """The bot's user id, which a bot token starts with (base64 of the id, then a dot); for a
+    token of another shape, a digest of it (never the token itself: the id keys shared storage)."""
+    head = token.split(".", 1)[0]
+    try:
+        decoded = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        decoded = ""
+    if decoded.isdigit() and 15 <= len(decoded) <= 21:
+        return decoded
+    return "t" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]
+
+
 class IdentifyGate(abc.ABC):
     """One IDENTIFY per bucket (``shard_id % max_concurrency``) per ``interval`` (5 s, plus a small
     safety margin) across everyone sharing the gate, and the daily session-start budget.
@@ -238,6 +257,25 @@ class IdentifyGate(abc.ABC):
 
     #: Seconds between two IDENTIFYs of one bucket (Discord's 5 s).
     interval: float
+    #: The bot this view of the gate counts for ("" for a gate not bound to one); see :meth:`for_bot`.
+    bot: str = ""
+
+    def for_bot(self, bot_id: str) -> "IdentifyGate":
+        """This gate as seen by one bot: its buckets and daily ledger are that bot's alone, so one
+        gate (one Redis, one file, one object) serves many bots correctly. The client calls it
+        with the id it reads from the token. The first bot binds the gate itself (so the object
+        you made reports that bot's numbers); another bot gets a view sharing the storage."""
+        if not isinstance(bot_id, str) or not bot_id or any(c.isspace() or c == ":" for c in bot_id):
+            raise ValueError("bot_id must be a non-empty str without spaces or ':'")
+        with _BIND_LOCK:
+            if not self.bot:  # the first bot to use a gate owns it (its own info, its own keys)
+                self.bot = bot_id
+                return self
+        if self.bot == bot_id:
+            return self
+        view = copy.copy(self)
+        view.bot = bot_id
+        return view
 
     @abc.abstractmethod
     def try_acquire(self, shard_id: int, max_concurrency: int = 1) -> Permit:
@@ -416,7 +454,11 @@ class MemoryIdentifyGate(StoredIdentifyGate):
     def __init__(self, *, interval: float = 5.0, margin: float = 0.25, daily_floor: int = 0, clock: Clock = time.monotonic) -> None:
         super().__init__(interval=interval, margin=margin, daily_floor=daily_floor, clock=clock)
         self._lock = threading.Lock()
-        self._state = GateState()
+        self._states: Dict[str, GateState] = {}  # bot -> its state; shared by every view
+
+    @property
+    def _state(self) -> GateState:
+        return self._states.setdefault(self.bot, GateState())
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[GateState]:

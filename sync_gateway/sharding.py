@@ -24,14 +24,15 @@ import time
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from urllib.parse import urlsplit
 
 from ._log import get_logger, register_secret
-from .client import DEFAULT_API_BASE, GatewayClient, _check_token, _process_gate
+from .client import DEFAULT_API_BASE, GatewayClient, _check_token, _process_gate, limit_source
 from .dispatch import HandlerMethods, Registry
-from .errors import ConfigError, GatewayError
+from .errors import AuthenticationError, ConfigError, GatewayError
 from .intents import Intents
 from .protocol import LifecycleConfig, Status
-from .ratelimit import IdentifyGate, Permit
+from .ratelimit import IdentifyGate, Permit, bot_id_from_token
 from .stores import SessionStore, session_key
 
 __all__ = ["ShardedClient", "ShardedStatus", "shard_for_guild"]
@@ -91,6 +92,9 @@ class _StartOrder(IdentifyGate):
 
     def __repr__(self) -> str:
         return f"<start order over {self.inner!r}>"
+
+    def for_bot(self, bot_id: str) -> IdentifyGate:
+        return self  # built over a gate already bound to the bot
 
     def try_acquire(self, shard_id: int, max_concurrency: int = 1) -> Permit:
         with self._lock:
@@ -161,7 +165,7 @@ class ShardedClient(HandlerMethods):
         shard_ids: Optional[Sequence[int]] = None,
         max_concurrency: Optional[int] = None,
         gateway_url: Optional[str] = None,
-        api_base: str = DEFAULT_API_BASE,
+        api_base: Optional[str] = None,
         compress: Optional[str] = "zlib-stream",
         config: Optional[LifecycleConfig] = None,
         identify_gate: Optional[IdentifyGate] = None,
@@ -170,6 +174,9 @@ class ShardedClient(HandlerMethods):
         large_threshold: Optional[int] = None,
         properties: Optional[Mapping[str, str]] = None,
         trusted_hosts: Optional[Sequence[str]] = None,
+        ssl_context: Optional[Any] = None,
+        proxy: Optional[str] = None,
+        trust_env: bool = False,
         **_private: Any,
     ) -> None:
         self._token = _check_token(token)
@@ -196,7 +203,8 @@ class ShardedClient(HandlerMethods):
         self._gate_arg = identify_gate
         self._store = session_store
         self._gateway_url = gateway_url
-        self._api_base = api_base
+        self._api_base_given = api_base is not None
+        self._api_base = api_base if api_base is not None else DEFAULT_API_BASE
         # Everything a shard's GatewayClient takes; building a throwaway client now checks it all
         # (intents, URLs, compress, config, presence...) before any I/O, as the constructor must.
         self._shard_kwargs: Dict[str, Any] = dict(
@@ -209,6 +217,9 @@ class ShardedClient(HandlerMethods):
             large_threshold=large_threshold,
             properties=properties,
             trusted_hosts=trusted_hosts,
+            ssl_context=ssl_context,
+            proxy=proxy,
+            trust_env=trust_env,
             **_private,
         )
         probe = GatewayClient(self._token, gateway_url=gateway_url, **self._shard_kwargs)
@@ -279,7 +290,7 @@ class ShardedClient(HandlerMethods):
         try:
             url, count, mc, limit = self._discover()
             ids = self._shard_ids if self._shard_ids is not None else _check_shard_ids(None, count)
-            gate = self._gate_arg or _process_gate(self._token)
+            gate = (self._gate_arg or _process_gate(self._token, url)).for_bot(bot_id_from_token(self._token))
             if limit is not None:
                 gate.update_session_start_limit(limit)
             order = _StartOrder(gate, self._first_identifies(ids, count, mc), self._shard_gone)
@@ -291,6 +302,7 @@ class ShardedClient(HandlerMethods):
                     identify_gate=order,
                     _registry=self._registry,
                     _max_concurrency=mc,
+                    _limit_known=True,
                     **self._shard_kwargs,
                 )
                 for sid in ids
@@ -323,7 +335,10 @@ class ShardedClient(HandlerMethods):
         """(gateway url, shard count, max_concurrency, session_start_limit or None)."""
         count_arg, mc_arg = self._shard_count_arg, self._max_concurrency_arg
         if self._gateway_url is not None and count_arg != "auto":
-            return self._gateway_url, int(count_arg), mc_arg or 1, None
+            limit = self._read_session_limit()
+            found = limit.get("max_concurrency") if limit else None
+            mc = mc_arg or (found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 1)
+            return self._gateway_url, int(count_arg), mc, limit
         from .rest import RestClient
 
         with RestClient(self._token, self._api_base, max_retries=3, retry_base=0.25, retry_max=2.0) as rest:
@@ -344,6 +359,28 @@ class ShardedClient(HandlerMethods):
             found = limit.get("max_concurrency") if limit else None
             mc = found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 1
         return url, count, mc, limit
+
+    def _read_session_limit(self) -> Optional[Dict[str, Any]]:
+        """The daily session-start limit, also when ``gateway_url`` and the count were given (see
+        ``GatewayClient``: from ``api_base`` if given, from Discord unless the gateway is loopback)."""
+        base = limit_source(self._gateway_url, self._api_base if self._api_base_given else None)
+        if base is None:
+            return None
+        from .client import LIMIT_LOOKUP_TIMEOUT
+        from .rest import RestClient
+
+        try:
+            with RestClient(self._token, base, timeout=LIMIT_LOOKUP_TIMEOUT, max_retries=0) as rest:
+                info = rest.get_gateway_bot()
+        except AuthenticationError:
+            raise
+        except GatewayError as exc:
+            log.warning("could not read the daily session-start limit from %s (%s); connecting without it",
+                        urlsplit(base).hostname, exc)
+            return None
+        self.gateway_info = dict(info)
+        limit = info.get("session_start_limit")
+        return dict(limit) if isinstance(limit, Mapping) else None
 
     def _first_identifies(self, ids: Sequence[int], count: int, mc: int) -> Dict[int, int]:
         """shard -> the shard whose first IDENTIFY comes just before it in its bucket. Shards that

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Type
 from urllib.parse import urlsplit
 
 from ._log import get_logger
@@ -126,24 +126,47 @@ def _check_path(path: Any, what: str) -> str:
         raise ConfigError(f"{what}: path must be a non-empty str path")
     if fcntl is None:  # pragma: no cover - Windows
         raise ConfigError(f"{what} needs fcntl.flock (POSIX: Linux, macOS, BSD); on Windows use the Redis variant")
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
+    absolute: str = os.path.abspath(path)
+    directory = os.path.dirname(absolute)
     if not os.path.isdir(directory):
         raise ConfigError(f"{what}: directory {directory!r} does not exist")
-    return path
+    return absolute
+
+
+#: Seconds a file lock is waited for at most. These locks guard a few-millisecond read-modify-
+#: write, and the IDENTIFY gate's runs on the supervisor thread, which sends heartbeats: a lock
+#: held longer by another process (stopped, frozen, on a stalled disk) is an outage, not a wait.
+LOCK_TIMEOUT = 0.25
 
 
 @contextlib.contextmanager
-def _flocked(lock_path: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on *lock_path* (created if missing). ``flock`` belongs to the open
-    file description, so two threads of one process exclude each other as two processes do, and
-    the kernel drops the lock when a holder dies (even by SIGKILL): no stale lock files."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+def _flocked(lock_path: str, thread_lock: Optional[Any] = None, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold *thread_lock* (if given) and an exclusive ``flock`` on *lock_path* (created if missing),
+    or raise ``TimeoutError`` (an ``OSError``) after *timeout* seconds. ``flock`` belongs to the
+    open file description, so two threads of one process exclude each other as two processes do,
+    and the kernel drops the lock when a holder dies (even by SIGKILL): no stale lock files.
+    ``flock`` has no timeout of its own, so a non-blocking attempt is repeated at short intervals."""
+    deadline = time.monotonic() + timeout
+    if thread_lock is not None and not thread_lock.acquire(timeout=timeout):
+        raise TimeoutError(f"{lock_path} is busy in this process for over {timeout:g}s")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            pause = threading.Event()
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"{lock_path} is locked by another process for over {timeout:g}s") from None
+                    pause.wait(0.005)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
     finally:
-        os.close(fd)  # releases the lock
+        if thread_lock is not None:
+            thread_lock.release()
 
 
 def _read_json(path: str, what: str) -> Optional[Dict[str, Any]]:
@@ -216,7 +239,10 @@ def _redis_from_url(url: Any, what: str, *, socket_timeout: float = 2.0) -> Any:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
     except ImportError:
-        raise ConfigError(f"{what} needs the redis package: pip install 'sync-gateway[redis]'") from None
+        raise ConfigError(
+            f"{what} needs the redis package: pip install 'sync-gateway[redis]' "
+            "(from a checkout: pip install -e '.[redis]')"
+        ) from None
     try:
         # One quick retry (a pooled connection that died with a Redis restart), then fail: these
         # calls run on the supervisor or dispatcher thread, which must not hang on an outage.
@@ -230,7 +256,7 @@ def _redis_from_url(url: Any, what: str, *, socket_timeout: float = 2.0) -> Any:
         raise ConfigError(f"{what}: the url could not be parsed ({type(exc).__name__})") from None
 
 
-def _redis_errors() -> tuple:
+def _redis_errors() -> Tuple[Type[BaseException], ...]:
     import redis
 
     return (redis.exceptions.RedisError, OSError)
@@ -279,7 +305,7 @@ class FileSessionStore(SessionStore):
     @contextlib.contextmanager
     def _update(self, key: str) -> Iterator[Dict[str, Any]]:
         """Lock, read, let the caller change *key*, prune the other stale records, replace."""
-        with self._thread_lock, _flocked(self._lock_path):
+        with _flocked(self._lock_path, self._thread_lock):
             records = self._records()
             yield records
             now = time.time()

@@ -35,6 +35,7 @@ from .protocol import (
     Status,
     Stopped,
 )
+from .protocol import MAX_PAYLOAD_BYTES
 from .protocol import heartbeat as heartbeat_payload
 from .protocol import resume as resume_payload
 from .ratelimit import IdentifyGate
@@ -42,6 +43,12 @@ from .stores import SessionRecord, SessionStore
 
 #: Seconds between two saves of the session to a store while events flow.
 PERSIST_INTERVAL = 1.0
+#: Seconds before a failed session-store write is tried again.
+STORE_RETRY = 2.0
+#: Abandoned readers kept in view (``threads()``) at most; older ones are forgotten.
+MAX_ORPHANS = 16
+#: After this many sockets in a row broke their compressed stream the same way, an ERROR says why.
+REPEATED_STREAM_ERRORS = 3
 
 log = get_logger(__name__)
 
@@ -66,6 +73,7 @@ class Supervisor:
         store: Optional[SessionStore] = None,
         store_key: str = "",
         shard: Optional[Tuple[int, int]] = None,
+        connection_options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.machine = machine
         self.dispatcher = dispatcher
@@ -76,6 +84,7 @@ class Supervisor:
         self._gate = gate
         self._max_concurrency = max_concurrency
         self._factory: ConnectionFactory = connection_factory or Connection
+        self._connection_options = dict(connection_options or {})
         self._on_change = on_change
         self._store = store
         self._store_key = store_key
@@ -84,6 +93,13 @@ class Supervisor:
         self._persist_due: Optional[float] = None
         self._saved_at = time.monotonic()
         self._store_warned = False
+        self._write_queued = False  # a store write waits on the dispatcher thread
+        self._store_retry_at = 0.0
+        self._final_lock = threading.Lock()
+        self._final_done = False
+        self._loop_done = False
+        self._stream_error: Optional[str] = None  # the last corrupt-stream error, while it repeats
+        self._stream_errors = 0
         self.keep_session = False
 
         self._cond = threading.Condition(threading.Lock())
@@ -152,7 +168,6 @@ class Supervisor:
                         actions += self._feed(item, now)
                     actions += machine.tick(now)
                 if actions and self._execute(actions):
-                    self._persist(final=True)
                     break
                 if self._store is not None:
                     self._persist()
@@ -167,6 +182,8 @@ class Supervisor:
             self._shutdown_readers()
             # The dispatcher runs what was already queued (the final lifecycle events included)
             # and ends, whether the stop came from close() or from a fatal close code.
+            # The final save of the session waits for the handlers (see final_persist).
+            self._loop_done = True
             self.dispatcher.stop()
             self.stopped.set()
             self._notify()
@@ -184,6 +201,10 @@ class Supervisor:
             conn = self.connections.pop(item[1], None)
             if conn is not None:
                 conn.thread.join(0.5)  # it posts "closed" as its last act; this returns at once
+                self._note_stream_error(conn, item[4])
+            elif self.orphans:
+                # An orphaned reader finally ended: forget it (and its decoder state).
+                self.orphans = [c for c in self.orphans if c.epoch != item[1]]
             return m.closed(item[1], now, code=item[2], reason=item[3], error=item[4])
         if kind == "bad_frame":
             return m.protocol_error(item[1], item[2], now)
@@ -194,6 +215,8 @@ class Supervisor:
             return m.request_stop(now, code=item[1], budget=item[2])
         if kind == "start":
             return m.start(now)
+        if kind == "persist":
+            return []
         if kind == "identify_deferred":
             return m.identify_deferred(item[1], item[2], item[3], now)
         raise AssertionError(f"unknown supervisor item {item!r}")
@@ -240,7 +263,7 @@ class Supervisor:
             elif isinstance(a, OrphanReader):
                 conn = self.connections.pop(a.epoch, None)
                 if conn is not None:
-                    self.orphans.append(conn)
+                    self._add_orphan(conn)
             elif isinstance(a, SetReadTimeout):
                 conn = self.connections.get(a.epoch)
                 if conn is not None:
@@ -269,6 +292,7 @@ class Supervisor:
             shard_id=self.shard_id,
             compress=self._compress,
             connect_timeout=self.machine.config.hello_timeout,
+            **self._connection_options,
         )
         self.connections[a.epoch] = conn
         log.debug("shard %d: opening e%d (%s)", self.shard_id, a.epoch, "resume" if a.resume else "identify")
@@ -282,8 +306,14 @@ class Supervisor:
             conn.window.record()
             log.warning("shard %d: e%d send window full; sending %s anyway (the server may close with 4008)",
                         self.shard_id, epoch, what)
+        text = encode(payload)
+        size = len(text.encode("utf-8"))
+        if size > MAX_PAYLOAD_BYTES:  # invariant 8: never sent; the client refuses such input earlier
+            log.error("shard %d: e%d %s is %d bytes, over Discord's %d; not sent", self.shard_id, epoch, what, size,
+                      MAX_PAYLOAD_BYTES)
+            return
         try:
-            conn.send_text(encode(payload), lock_timeout=SUPERVISOR_SEND_LOCK_TIMEOUT)
+            conn.send_text(text, lock_timeout=SUPERVISOR_SEND_LOCK_TIMEOUT)
             log.debug("shard %d: e%d sent %s", self.shard_id, epoch, what)
         except Exception as exc:  # OSError, WebSocketException...: the reader will report the dead socket
             log.debug("shard %d: e%d %s not sent: %s", self.shard_id, epoch, what, exc)
@@ -296,28 +326,38 @@ class Supervisor:
         self._send(epoch, self._identify(), "IDENTIFY")
         return []
 
-    def _persist(self, final: bool = False) -> None:
-        """Keep the store in step with the session: saved (throttled) while it lives, with the seq
-        of the last event whose handlers returned; deleted when it is lost or closed for good."""
-        store = self._store
-        if store is None:
-            return
+    def _target(self, final: bool) -> Optional[Tuple[Any, ...]]:
+        """What the store should hold now: (session_id, seq of the last handled event, resume_url),
+        or None when there is no session to keep."""
         session = self.machine.session
         handled_session, handled_seq = self.dispatcher.handled
-        if final and not self.keep_session:
-            target: Optional[Tuple[Any, ...]] = None
-        elif session.session_id is None:
-            target = None
-        else:
-            # Only the seq of events already handled counts; before the first one, the RESUME
-            # replays from the session's start of what we had handled (READY's seq) at worst.
-            seq = handled_seq if handled_session == session.session_id else None
-            if seq is None and self._saved is not None and self._saved[0] == session.session_id:
-                seq = self._saved[1]
-            target = (session.session_id, seq, session.resume_url)
+        if (final and not self.keep_session) or session.session_id is None:
+            return None
+        # Only the seq of events already handled counts; before the first one, the RESUME
+        # replays from the session's start of what we had handled (READY's seq) at worst.
+        seq = handled_seq if handled_session == session.session_id else None
+        saved = self._saved
+        if seq is None and saved is not None and saved[0] == session.session_id:
+            seq = saved[1]
+        return (session.session_id, seq, session.resume_url)
+
+    def _persist(self) -> None:
+        """Keep the store in step with the session (supervisor thread, each loop): saved
+        (throttled) while it lives, with the seq of the last event whose handlers returned;
+        deleted when it is lost. Only the decision is taken here: the write itself runs on the
+        dispatcher thread, after the handlers of every event delivered so far (invariant 9: a
+        frozen Redis or a file lock held elsewhere never holds up a heartbeat)."""
+        store = self._store
+        if store is None or self._write_queued:
+            return
+        session = self.machine.session
+        target = self._target(final=False)
         now = time.monotonic()
+        if now < self._store_retry_at:
+            self._persist_due = self._store_retry_at
+            return
         if target == self._saved:
-            if target is not None and not final and target[1] != session.seq:
+            if target is not None and target[1] != session.seq:
                 # Events were received but their handlers have not all returned yet: nothing
                 # wakes us when they do, so look again in a moment.
                 if self._persist_due is None or now >= self._persist_due:
@@ -328,10 +368,7 @@ class Supervisor:
             if target is None or now - self._saved_at < store.max_age / 3:
                 self._persist_due = None
                 return
-            refresh = True
-        else:
-            refresh = False
-        if not (final or refresh) and target is not None and self._saved is not None and self._saved[0] == target[0]:
+        elif target is not None and self._saved is not None and self._saved[0] == target[0]:
             # same session, newer seq: at most one write per PERSIST_INTERVAL
             if self._persist_due is None:
                 self._persist_due = now + PERSIST_INTERVAL
@@ -339,20 +376,72 @@ class Supervisor:
             if now < self._persist_due:
                 return
         self._persist_due = None
+        self._write_queued = True
+        self.dispatcher.put_call(self._write_store)
+
+    def _write_store(self, final: bool = False) -> None:
+        """The store I/O (dispatcher thread, or close()'s): may block on another process."""
+        store = self._store
+        assert store is not None
+        with self._state_lock:
+            target = self._target(final)
+        now = time.monotonic()
         try:
             if target is None:
                 store.delete(self._store_key)
             else:
-                store.save(
-                    self._store_key,
-                    SessionRecord(target[0], target[1], target[2], self._shard, time.time()),
-                )
+                store.save(self._store_key, SessionRecord(target[0], target[1], target[2], self._shard, time.time()))
             self._saved = target
             self._saved_at = now
+            if self._store_warned:
+                log.info("shard %d: session store works again", self.shard_id)
+                self._store_warned = False
         except Exception as exc:  # a store outage must not take the gateway down
+            self._store_retry_at = now + STORE_RETRY
             if not self._store_warned:
-                log.warning("shard %d: session store failed (%s); the session may not survive a restart", self.shard_id, exc)
+                log.warning("shard %d: session store failed (%s: %s); the session may not survive a restart",
+                            self.shard_id, type(exc).__name__, exc)
                 self._store_warned = True
+        finally:
+            self._write_queued = False
+            if not final:
+                self.post(("persist",))  # let the supervisor look again (a newer seq, a retry)
+
+    def final_persist(self) -> None:
+        """The last save of the session, once: after the supervisor loop ended and the handlers
+        returned (called by the dispatcher when it drains, or by ``close()`` when its timeout cut
+        the handlers short), so the saved seq is exactly that of the last handled event."""
+        if self._store is None or not self._loop_done:
+            return
+        with self._final_lock:
+            if self._final_done:
+                return
+            self._final_done = True
+            self._write_store(final=True)
+
+    def _add_orphan(self, conn: Connection) -> None:
+        """Keep a handle on an abandoned reader while it lives (``threads()``), never forever."""
+        self.orphans = [c for c in self.orphans if c.thread.is_alive()][-(MAX_ORPHANS - 1):] + [conn]
+
+    def _note_stream_error(self, conn: Connection, error: Optional[str]) -> None:
+        """A compressed stream that breaks the same way on every socket is a misconfigured server
+        or proxy, not bad luck: say so once as an ERROR with the likely cause, not forever."""
+        if not error or not error.startswith("protocol error"):
+            if self.machine.failed_attempts == 0:
+                self._stream_error, self._stream_errors = None, 0
+            return
+        same = error == self._stream_error
+        self._stream_error = error
+        self._stream_errors = self._stream_errors + 1 if same else 1
+        n = self._stream_errors
+        if n == 1:
+            log.warning("shard %d: e%d: %s; dropping the socket", self.shard_id, conn.epoch, error)
+        elif n == REPEATED_STREAM_ERRORS:
+            hint = getattr(conn, "error_hint", None) or "the server's compression does not match what Discord sends"
+            log.error("shard %d: every socket fails the same way (%d times): %s. Likely cause: %s",
+                      self.shard_id, n, error, hint)
+        else:
+            log.debug("shard %d: e%d: %s (again)", self.shard_id, conn.epoch, error)
 
     def _notify(self) -> None:
         with self.state_changed:
@@ -369,7 +458,7 @@ class Supervisor:
         for conn in conns:
             conn.thread.join(max(0.0, deadline - time.monotonic()))
             if conn.thread.is_alive():
-                self.orphans.append(conn)
+                self._add_orphan(conn)
                 with self._state_lock:
                     self.machine.orphaned_readers += 1
         self.connections.clear()

@@ -1,18 +1,24 @@
 """The ``sync-gateway`` command line, run as a subprocess (``python -m sync_gateway``) against a
 FakeGateway in this process. Every wait on a subprocess is bounded; a process still alive at the end
 of a test is killed."""
+import argparse
+import io
 import json
+import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from sync_gateway import GatewayClient, MemoryIdentifyGate
-from sync_gateway import cli
+from sync_gateway import _log, cli
+from sync_gateway.protocol import LifecycleEvent
 from sync_gateway.testing import FakeGateway
 from support import FAST, TOKEN
 
@@ -216,6 +222,7 @@ def test_probe_json(gw):
         "total": 1000, "remaining": 1000, "reset_after_ms": 14400000, "max_concurrency": 1,
     }
     assert data["timings_ms"]["users_me"] > 0 and data["timings_ms"]["gateway_bot"] > 0
+    _secret_free(r.stdout, r.stderr)  # the JSON never carries the token
 
 
 def test_probe_reads_token_file(gw, tmp_path):
@@ -293,6 +300,10 @@ def test_tail_wrong_token_gateway_4004_exits_1(gw):
     assert r.returncode == 1
     assert "token rejected" in r.stderr and "4004" in r.stderr
     assert wrong not in r.stdout + r.stderr
+    # one message: no ERROR log line repeating the CLI's, no advice about a prefix the client strips
+    assert r.stderr.count("token rejected") == 1 and "ERROR" not in r.stderr, r.stderr
+    assert "Bot '" not in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("sync-gateway: token rejected")
 
 
 def test_tail_wrong_token_rest_401_exits_1(gw):
@@ -333,6 +344,9 @@ def test_tail_unreachable_gateway_gives_up_after_max_attempts(unused_port):
     r = run("tail", "--max-attempts", "1", "--gateway-url", f"ws://127.0.0.1:{unused_port}/", token=TOKEN)
     assert r.returncode == 2
     assert "could not connect" in r.stderr
+    assert "after 1 failed connection attempt;" in r.stderr  # singular
+    assert "[connect failed] connection refused" in r.stderr  # it never connected: no [disconnected]
+    assert "[disconnected]" not in r.stderr and "ERROR" not in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------------------------------ fake-gateway
@@ -401,3 +415,391 @@ def test_loopback_check():
     assert cli._is_loopback("127.0.0.1") and cli._is_loopback("::1") and cli._is_loopback("localhost")
     assert cli._is_loopback("127.1.2.3")
     assert not cli._is_loopback("0.0.0.0") and not cli._is_loopback("192.168.1.2") and not cli._is_loopback("example.com")
+
+
+# ------------------------------------------------------------------------------------------ secrets (issue 11)
+
+#: Shaped like a real bot token (id . timestamp . 38-char HMAC); distinct from support.TOKEN.
+SECRET = "MTEyMjMzNDQ1NTY2Nzc4ODk5.GhIjKl.q9W8e7R6t5Y4u3I2o1PaSdFgHjKlZxCvBnM123"
+#: A secret with no token shape: known only because it is the DISCORD_TOKEN value.
+PLAIN_SECRET = "correct-horse-battery-staple-42"
+
+
+def _leaks(text, secret=SECRET):
+    """The secret, or a large piece of it, in *text*."""
+    pieces = [secret] + [p for p in secret.split(".") if len(p) >= 12]
+    return [p for p in pieces if p in text]
+
+
+@pytest.fixture
+def inproc(monkeypatch, capsys):
+    """Run ``cli.main`` in this process: (code, stdout, stderr). Secrets learned by earlier runs are
+    forgotten first, so each run must find them on its own; the CLI's log handler is removed after."""
+    monkeypatch.setattr(cli, "_known_secrets", set())
+    monkeypatch.setattr(_log, "_secrets", set())
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+
+    def call(*argv, env_token=None, stdin=None):
+        if env_token is None:
+            monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+        else:
+            monkeypatch.setenv("DISCORD_TOKEN", env_token)
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield call
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, "_sync_gateway_cli", False)]:
+        root.removeHandler(h)
+    logging.getLogger("sync_gateway").setLevel(logging.NOTSET)
+
+
+def _subparsers(parser=None):
+    parser = parser or cli.build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def _value_options(parser):
+    """The long option string of every option of *parser* that takes a value."""
+    found = []
+    for a in parser._actions:
+        if not a.option_strings or a.nargs == 0 or isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        found.append(max(a.option_strings, key=len))
+    return found
+
+
+#: Options where a token-shaped value is legitimate and the command would run on: the fake's own
+#: (made-up) test token.
+_ACCEPTS_A_TOKEN = {("fake-gateway", "--token")}
+
+
+def _argv_cases():
+    cases = [[SECRET], ["--token", SECRET, "tail"], [f"--token={SECRET}", "probe"], ["-v", SECRET]]
+    for name, sub in _subparsers().items():
+        cases += [[name, SECRET], [name, "--tok", SECRET], [name, f"--tok={SECRET}"], [name, "--", SECRET]]
+        if (name, "--token") not in _ACCEPTS_A_TOKEN:
+            cases += [[name, "--token", SECRET], [name, f"--token={SECRET}"]]
+        for option in _value_options(sub):
+            if (name, option) in _ACCEPTS_A_TOKEN:
+                continue
+            cases += [[name, option, SECRET], [name, f"{option}={SECRET}"]]
+    return cases
+
+
+def test_token_in_argv_is_never_echoed_by_any_subcommand(inproc):
+    """Every subcommand (found from the parser, so a new one is covered too), every option that takes
+    a value, stray values, --token and abbreviations of it: each is an error, and none prints it."""
+    cases = _argv_cases()
+    assert len(cases) > 40
+    for argv in cases:
+        code, out, err = inproc(*argv)
+        assert code != 0, argv
+        assert not _leaks(out + err), (argv, out, err)
+        assert "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize("env_token", [SECRET, PLAIN_SECRET])
+def test_token_in_argv_and_env_is_never_echoed(inproc, env_token):
+    """The same sweep with the token also in DISCORD_TOKEN (the commands this module owns: a new
+    subcommand with a token might go on to the network here); a DISCORD_TOKEN value without a token
+    shape is redacted too, because the CLI knows it is the secret."""
+    for argv in _argv_cases():
+        if argv and argv[0] not in ("demo", "tail", "probe", "fake-gateway"):
+            continue
+        argv = [env_token if a == SECRET else a.replace(SECRET, env_token) for a in argv]
+        code, out, err = inproc(*argv, env_token=env_token)
+        assert code != 0, argv
+        assert not _leaks(out + err, env_token), (argv, out, err)
+
+
+def test_token_in_files_and_env_is_never_echoed(inproc, tmp_path, unused_port, gw):
+    unreachable = f"http://127.0.0.1:{unused_port}/api/v10"
+    two_words = tmp_path / "two-words"
+    two_words.write_text(f"{SECRET} trailing-junk\n")
+    good = tmp_path / "token"
+    good.write_text(f"Bot {SECRET}\n")
+    (tmp_path / SECRET).mkdir()  # a directory whose name is the token
+    cases = [
+        (["tail", "--token-file", str(two_words)], None, 2),
+        (["probe", "--json", "--token-file", str(two_words)], None, 2),
+        (["probe", "--token-file", str(tmp_path / SECRET)], None, 2),
+        (["tail", "--token-file", str(tmp_path / SECRET / "missing")], None, 2),
+        (["probe", "--json", "--token-file", SECRET], None, 2),
+        (["tail", "--token-file", "-"], None, 2),  # stdin: the two-word text below
+        (["tail", "--token-file", str(good), "--api-base", unreachable], None, 2),
+        (["probe", "--json", "--token-file", str(good), "--api-base", unreachable], None, 2),
+        (["tail", "--api-base", unreachable], SECRET, 2),
+        (["probe", "--json", "--api-base", unreachable], SECRET, 2),
+        (["probe", "--json"], f"Bot {SECRET} junk", 2),
+        (["probe", "--json", "--api-base", gw.api_base], SECRET, 1),  # 401: not the fake's token
+        (["tail", "--api-base", gw.api_base], SECRET, 1),  # 401 from GET /gateway/bot
+        (["tail", "--gateway-url", gw.url], SECRET, 1),  # 4004 from the gateway
+        (["tail", "-v", "--max-attempts", "1", "--gateway-url", f"ws://127.0.0.1:{unused_port}/"], SECRET, 2),
+    ]
+    for argv, env_token, expected in cases:
+        code, out, err = inproc(*argv, env_token=env_token, stdin=f"{SECRET} more\n")
+        assert code == expected, (argv, out, err)
+        assert not _leaks(out + err), (argv, out, err)
+        assert err.strip(), argv  # an error path: it said something
+        if "--json" in argv:
+            assert json.loads(out)["ok"] is False
+
+
+def test_token_is_not_echoed_by_the_installed_command(tmp_path, unused_port):
+    """The same, as a user runs it: ``python -m sync_gateway ...`` (the processes run side by side)."""
+    cases = [
+        (["tail", "--token", SECRET], None),
+        (["tail", f"--token={SECRET}"], None),
+        (["tail", "--tok", SECRET], None),
+        (["tail", "--token-file", SECRET], None),
+        (["tail", SECRET], None),
+        ([SECRET], None),
+        (["probe", "--json", "--token", SECRET], None),
+        (["probe", "--json", "--token-file", SECRET], None),
+        (["probe", "--json", "--api-base", f"http://127.0.0.1:{unused_port}/api/v10"], SECRET),
+        (["probe", "--json", SECRET], SECRET),
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "sync_gateway", *argv], env=_env(token), cwd=REPO,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for argv, token in cases
+    ]
+    try:
+        for (argv, _), p in zip(cases, procs):
+            out, err = p.communicate(timeout=WAIT)
+            assert p.returncode == 2, (argv, err)
+            assert not _leaks(out + err), (argv, out, err)
+            assert "Traceback" not in err
+            if "--json" in argv and "--token" not in argv and SECRET not in argv[-1:]:
+                assert json.loads(out)["ok"] is False
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+@pytest.mark.parametrize("argv", [["tail", "--token", SECRET], ["probe", f"--token={SECRET}"], ["--token", "tail"]])
+def test_token_option_is_refused_with_the_reason_and_the_right_ways(inproc, argv):
+    code, out, err = inproc(*argv)
+    assert code == 2
+    assert "--token is not accepted" in err
+    assert "ps" in err and "shell history" in err  # why
+    assert "DISCORD_TOKEN" in err and "--token-file" in err  # the two right ways
+    assert ("Reset Token" in err) == (SECRET in argv[-1] or SECRET in argv)  # typed a real one: reset it
+    assert not _leaks(out + err)
+
+
+def test_looks_like_token_and_redact():
+    assert cli.looks_like_token(SECRET) and cli.looks_like_token(f"Bot {SECRET}") and cli.looks_like_token(TOKEN)
+    for harmless in ("notaurl", "ws://127.0.0.1:1234/", "sync_gateway.testing.chaos", "/tmp/x/token.txt",
+                     "GUILDS,GUILD_MESSAGES", "discord.com", "", "a.b.c"):
+        assert not cli.looks_like_token(harmless), harmless
+    assert cli.redact(f"file '/tmp/{SECRET}/x': gone") == "file '/tmp/<redacted>/x': gone"
+    assert SECRET not in cli.redact(f"Authorization: Bot {SECRET}")
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _all_parsers(child)
+
+
+def test_no_parser_accepts_abbreviations():
+    parsers = list(_all_parsers(cli.build_parser()))
+    assert len(parsers) >= 5
+    assert all(p.allow_abbrev is False for p in parsers)
+    assert cli.build_parser().parse_args(["-vv", "demo"]).verbose == 2  # short flags still combine
+
+
+@pytest.mark.parametrize("argv", [["tail", "--token-f", "x"], ["probe", "--time", "5"], ["fake-gateway", "--heart", "5"]])
+def test_abbreviated_options_are_rejected_and_said_so(inproc, argv):
+    code, _, err = inproc(*argv)
+    assert code == 2
+    assert "unrecognized arguments: " + argv[1] in err
+    assert "cannot be abbreviated" in err
+
+
+def test_every_option_is_documented_with_its_default():
+    """The CLI's reference is its --help: every option says what it does and what happens without it."""
+    missing = []
+    for name, sub in _subparsers().items():
+        for a in sub._actions:
+            if not a.option_strings or isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
+                continue
+            text = (a.help or "").lower()
+            if len(text) < 20 or ("default" not in text and not isinstance(a, cli._RefuseToken)):
+                missing.append(f"{name} {a.option_strings[0]}: {a.help!r}")
+    assert not missing, missing
+    top = cli.build_parser()
+    assert all(a.help for a in top._actions if a.option_strings)
+
+
+def test_help_lists_the_options_newcomers_asked_about():
+    parsers = _subparsers()
+    for name, options in {
+        "tail": ["--gateway-url", "--api-base", "--max-attempts", "--quiet", "--timeout", "--compress", "--token"],
+        "probe": ["--timeout", "--api-base", "--token-file"],
+        "fake-gateway": ["--token", "--heartbeat-interval", "--every", "--chaos"],
+    }.items():
+        text = parsers[name].format_help()
+        for option in options:
+            assert option in text, (name, option)
+
+
+# ------------------------------------------------------------------------------------------ tail rough edges
+
+
+def test_tail_against_a_silent_api_says_what_it_does_and_gives_up(inproc):
+    """An API that accepts the connection and never answers: one progress line, then one clear
+    error naming the host, within --timeout (it was 42 s of silence and urllib3's internals)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshakes; nobody ever reads or answers
+        port = silent.getsockname()[1]
+        api = f"http://127.0.0.1:{port}/api/v10"
+        started = time.monotonic()
+        code, out, err = inproc("tail", "--api-base", api, "--timeout", "0.5", env_token=SECRET)
+        took = time.monotonic() - started
+    assert code == 2
+    assert took < 10.0
+    lines = err.strip().splitlines()
+    assert len(lines) == 2, err
+    assert f"asking {api} for the gateway URL" in lines[0]
+    assert lines[1] == f"sync-gateway: cannot reach the API at 127.0.0.1:{port}: connected, but no answer within 0.5s"
+    assert not out and not _leaks(err)
+
+
+def test_tail_quiet_does_not_announce_discovery(inproc, unused_port):
+    code, _, err = inproc("tail", "-q", "--api-base", f"http://127.0.0.1:{unused_port}/api/v10", env_token=SECRET)
+    assert code == 2
+    assert err.strip().splitlines() == [f"sync-gateway: cannot reach the API at 127.0.0.1:{unused_port}: connection refused"]
+
+
+def test_tail_gateway_url_error_names_the_url(inproc):
+    code, _, err = inproc("tail", "--gateway-url", "notaurl", env_token=SECRET)
+    assert code == 2
+    assert "'notaurl'" in err and "ws://" in err
+
+
+@pytest.mark.parametrize("compress, expected", [("none", None), ("zlib-stream", "zlib-stream"), ("zstd-stream", "zstd-stream")])
+def test_tail_compress(gw, proc, compress, expected):
+    if compress == "zstd-stream":
+        pytest.importorskip("zstandard")
+    p = proc("tail", "--json", "--compress", compress, "--gateway-url", gw.url, token=TOKEN)
+    conn = gw.wait_for_connections(1, timeout=WAIT)
+    assert conn.ready.wait(WAIT)
+    assert json.loads(p.line())["name"] == "READY"  # decoded through the chosen compression
+    assert conn.compress == expected
+
+
+@posix_only
+def test_tail_verbose_shows_each_reconnect_once(gw, proc):
+    p = proc("-v", "tail", "--json", "--gateway-url", gw.url, token=TOKEN)
+    first = gw.wait_for_connections(1, timeout=WAIT)
+    assert first.ready.wait(WAIT)
+    first.send_op(7)  # Discord asks for a reconnect: the client resumes on a new socket
+    second = gw.wait_for_connections(2, timeout=WAIT)
+    assert second.ready.wait(WAIT)
+    p.p.send_signal(signal.SIGINT)
+    assert p.wait(WAIT) == 130
+    err = p.stderr_text
+    assert sum("reconnecting" in line for line in err.splitlines()) == 1, err
+    assert sum("resumed" in line.lower() for line in err.splitlines()) == 1, err
+
+
+def _ev(kind, epoch, code=None, reason=""):
+    return LifecycleEvent(kind, 0.0, code, reason, epoch)
+
+
+def test_lifecycle_view_says_connect_failed_for_a_socket_that_never_connected():
+    view = cli.LifecycleView()
+    assert view.render(_ev("connecting", 1, reason="identify")) == "[connecting] identify"
+    assert view.render(_ev("disconnected", 1, 4000, "connect-timeout: no connection within 20s")) == (
+        "[connect failed] connect-timeout: no connection within 20s"
+    )
+    assert view.render(_ev("disconnected", 2, None, "connection refused")) == "[connect failed] connection refused"
+    assert view.render(_ev("hello", 3, reason="heartbeat_interval=41250ms")) == "[hello] heartbeat_interval=41250ms"
+    assert view.render(_ev("disconnected", 3, 4000, "zombie")) == "[disconnected] code=4000 zombie"
+    assert view.render(_ev("fatal", 4, 4004, "x")) is None  # reported once, as the exit message
+
+
+def test_log_filter_drops_only_what_the_cli_reports_itself():
+    f = cli._ReportedByCli()
+
+    def rec(level, msg, name="sync_gateway.protocol"):
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    f.lifecycle_shown = True
+    assert not f.filter(rec(logging.ERROR, "shard 0: Discord closed the gateway with 4004"))
+    assert not f.filter(rec(logging.INFO, "shard 0: reconnecting (resume) in 0.0s after op 7"))
+    assert not f.filter(rec(logging.INFO, "shard 0: RESUMED (session abc, epoch 2)"))
+    assert f.filter(rec(logging.INFO, "shard 0: IDENTIFY waits 4.2s: identify bucket 0 busy"))
+    assert f.filter(rec(logging.WARNING, "shard 0: e1: ignored a malformed frame"))
+    assert f.filter(rec(logging.ERROR, "something else", name="sync_gateway.rest"))
+    f.lifecycle_shown = False  # -q -v: the INFO lines are the only narrative left
+    assert f.filter(rec(logging.INFO, "shard 0: reconnecting (resume) in 0.0s after op 7"))
+
+
+# ------------------------------------------------------------------------------------------ fake-gateway --chaos
+
+
+def test_chaos_heartbeat_fits_the_fault_rate():
+    from sync_gateway.testing.chaos import heartbeat_for_fault_rate
+
+    assert heartbeat_for_fault_rate(2.0) == 500
+    assert heartbeat_for_fault_rate(1000.0) == 41250  # never longer than Discord's
+    assert heartbeat_for_fault_rate(0.01) == 100  # nor absurdly short
+    with pytest.raises(ValueError):
+        heartbeat_for_fault_rate(0)
+
+    def ms(*argv):
+        return cli._fake_heartbeat_ms(cli.build_parser().parse_args(["fake-gateway", *argv]))
+
+    assert ms() == 41250
+    assert ms("--chaos", "--every", "2") == 500
+    assert ms("--chaos", "--every", "2", "--heartbeat-interval", "5000") == 5000  # the option still wins
+    assert ms("--heartbeat-interval", "900") == 900
+
+
+@posix_only
+def test_fake_gateway_chaos_hello_uses_the_short_heartbeat(proc):
+    p = proc("fake-gateway", "--chaos", "--every", "1")
+    url = p.line_where(lambda s: s.startswith("gateway_url: ")).split(" ", 1)[1]
+    client = GatewayClient(TOKEN, gateway_url=url, config=FAST, identify_gate=MemoryIdentifyGate(interval=0.0, margin=0.0))
+    try:
+        client.start()
+        assert client.wait_until_ready(WAIT)
+        assert client.status().heartbeat_interval == pytest.approx(0.25)
+    finally:
+        client.close()
+    p.p.send_signal(signal.SIGTERM)
+    assert p.wait(WAIT) == 0
+    assert "heartbeat_interval 250 ms" in p.stderr_text
+
+
+# ------------------------------------------------------------------------------------------ install hints
+
+
+def test_missing_extra_hint_works_from_a_checkout(monkeypatch):
+    from sync_gateway import codec
+    from sync_gateway.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # import fails as if not installed
+    with pytest.raises(ConfigError) as info:
+        codec.check_compress("zstd-stream")
+    assert "pip install 'sync-gateway[zstd]'" in str(info.value)
+    assert "pip install -e '.[zstd]'" in str(info.value)

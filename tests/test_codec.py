@@ -1,10 +1,13 @@
 """Unit tests of frame decoding: JSON, zlib-stream (split payloads), zstd-stream, and bad input."""
 import json
+import pickle
+import random
+import tracemalloc
 import zlib
 
 import pytest
 
-from sync_gateway.codec import CompressionError, DecodeError, Decoder, check_compress, encode
+from sync_gateway.codec import MAX_INFLATED_BYTES, CompressionError, DecodeError, Decoder, check_compress, encode
 from sync_gateway.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
@@ -83,6 +86,239 @@ def test_zstd_stream_corrupt():
     pytest.importorskip("zstandard")
     with pytest.raises(CompressionError):
         Decoder("zstd-stream").feed(b"\x28\xb5\x2f\xfd garbage garbage", True)
+
+
+def test_zlib_bomb_is_refused_with_a_hint():
+    c = zlib.compressobj(9)
+    mib = bytes(1 << 20)
+    bomb = c.compress(b'{"d":"') + b"".join(c.compress(mib) for _ in range(80)) + c.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(CompressionError, match="larger than") as info:
+        Decoder("zlib-stream").feed(bomb, True)
+    assert "inflates past" in info.value.hint
+
+
+def test_zlib_corrupt_data_hint_names_the_cause():
+    zstandard = pytest.importorskip("zstandard")
+    c = zstandard.ZstdCompressor().compressobj()
+    data = c.compress(b'{"op": 11}') + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) + b"\x00\x00\xff\xff"
+    with pytest.raises(CompressionError) as info:
+        Decoder("zlib-stream").feed(data, True)
+    assert "does not seem to send zlib-stream as Discord does" in info.value.hint
+    assert "zstd data" in info.value.hint
+
+
+# ---------------------------------------------------------------------------------------------
+# zstd-stream: the shapes a server may send, the inflate cap, and broken input
+
+
+def _payloads(n, pad=0):
+    return [{"op": 0, "s": i, "t": "MESSAGE_CREATE", "d": {"i": i, "pad": "y" * (i * pad)}} for i in range(n)]
+
+
+def _dumps(p):
+    return json.dumps(p).encode()
+
+
+def test_zstd_one_complete_frame_per_message():
+    """An independent server may end a zstd frame per message: magic on every message."""
+    zstandard = pytest.importorskip("zstandard")
+    payloads = _payloads(30, pad=11)
+    d = Decoder("zstd-stream")
+    cctx = zstandard.ZstdCompressor()
+    for p in payloads:
+        msg = cctx.compress(_dumps(p))  # content size in the header, frame ended
+        assert msg[:4] == b"\x28\xb5\x2f\xfd"
+        assert d.feed(msg, True) == p
+
+
+def test_zstd_one_frame_per_message_without_content_size_and_with_checksum():
+    zstandard = pytest.importorskip("zstandard")
+    cctx = zstandard.ZstdCompressor(write_content_size=False, write_checksum=True)
+    d = Decoder("zstd-stream")
+    for p in _payloads(10, pad=5):
+        c = cctx.compressobj()
+        assert d.feed(c.compress(_dumps(p)) + c.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH), True) == p
+
+
+def test_zstd_frame_ends_inside_a_message_and_the_next_starts_there():
+    """Message k carries the end of one frame (its last, empty block) and the start of the next."""
+    zstandard = pytest.importorskip("zstandard")
+    payloads = _payloads(12, pad=7)
+    d = Decoder("zstd-stream")
+    c = zstandard.ZstdCompressor().compressobj()
+    carry = b""
+    for i, p in enumerate(payloads):
+        msg = carry + c.compress(_dumps(p)) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        carry = b""
+        if i % 3 == 2:  # end this frame lazily: its end mark travels with the next message
+            carry = c.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+            c = zstandard.ZstdCompressor(write_checksum=bool(i % 2)).compressobj()
+        assert d.feed(msg, True) == p
+
+
+def test_zstd_frame_ends_and_next_starts_inside_a_large_message():
+    """The same boundary inside a message long enough to be decompressed in capped slices."""
+    zstandard = pytest.importorskip("zstandard")
+    rnd = random.Random(7)
+    big = {"op": 0, "s": 2, "t": "GUILD_CREATE", "d": [f"{rnd.getrandbits(64):x}" for _ in range(20000)]}
+    first = {"op": 0, "s": 1, "t": "X", "d": None}
+    c = zstandard.ZstdCompressor().compressobj()
+    m1 = c.compress(_dumps(first)) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    c2 = zstandard.ZstdCompressor().compressobj()
+    m2 = c.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH) + c2.compress(_dumps(big)) + c2.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    assert len(m2) > 100_000  # well past the one-call size: the sliced path
+    d = Decoder("zstd-stream")
+    assert d.feed(m1, True) == first
+    assert d.feed(bytearray(m2), True) == big  # any bytes-like message
+    m3 = c2.compress(b'{"op": 11}') + c2.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    assert d.feed(memoryview(m3), True) == {"op": 11}
+
+
+@pytest.mark.parametrize("shape", ["stream", "frames"])
+def test_zstd_large_payloads_both_shapes(shape):
+    zstandard = pytest.importorskip("zstandard")
+    rnd = random.Random(shape)
+    payloads = [
+        {"op": 0, "s": i, "t": "GUILD_CREATE", "d": {"members": [f"{rnd.getrandbits(48):x}" for _ in range(n)]}}
+        for i, n in enumerate([10, 50_000, 3, 120_000, 1])
+    ]
+    d = Decoder("zstd-stream")
+    c = zstandard.ZstdCompressor().compressobj()
+    cctx = zstandard.ZstdCompressor()
+    for p in payloads:
+        raw = _dumps(p)
+        msg = c.compress(raw) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK) if shape == "stream" else cctx.compress(raw)
+        assert d.feed(msg, True) == p
+
+
+def _zstd_bomb(shape, inflated):
+    """A few KB that inflate to *inflated* bytes, built without holding them in memory."""
+    import zstandard
+
+    mib = bytes(1 << 20)
+    c = zstandard.ZstdCompressor().compressobj(size=inflated if shape == "frame" else -1)
+    parts = [c.compress(b'{"d":"')]
+    parts += [c.compress(mib) for _ in range((inflated - 6) >> 20)]
+    parts.append(c.compress(bytes((inflated - 6) & ((1 << 20) - 1))))
+    end = zstandard.COMPRESSOBJ_FLUSH_FINISH if shape == "frame" else zstandard.COMPRESSOBJ_FLUSH_BLOCK
+    parts.append(c.flush(end))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("shape", ["stream", "frame"])
+def test_zstd_bomb_is_refused_without_inflating_it(shape):
+    """6 KB that inflate to 200 MiB: refused at the cap, never holding much more than the cap."""
+    pytest.importorskip("zstandard")
+    bomb = _zstd_bomb(shape, 200 << 20)
+    assert len(bomb) < 7000
+    d = Decoder("zstd-stream")
+    tracemalloc.start()
+    try:
+        with pytest.raises(CompressionError, match="larger than") as info:
+            d.feed(bomb, True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "inflates past" in info.value.hint
+    # the output held before refusing is the cap plus at most one zstd block (128 KiB)
+    assert peak < MAX_INFLATED_BYTES + (1 << 20), peak
+
+
+def test_zstd_cap_is_exact():
+    """A payload of exactly the cap passes the decompressor (then fails as JSON); one byte more is refused."""
+    zstandard = pytest.importorskip("zstandard")
+    for size, error in ((MAX_INFLATED_BYTES, DecodeError), (MAX_INFLATED_BYTES + 1, CompressionError)):
+        c = zstandard.ZstdCompressor().compressobj()
+        chunk = b"x" * (1 << 20)
+        msg = b"".join(c.compress(chunk) for _ in range(size >> 20)) + c.compress(b"x" * (size & 0xFFFFF))
+        msg += c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        with pytest.raises(error):
+            Decoder("zstd-stream").feed(msg, True)
+
+
+def _first_block_type(frame):
+    """Block_Type of the first block of a zstd frame (0 raw, 1 RLE, 2 compressed)."""
+    fhd = frame[4]
+    single = fhd & 0x20
+    fcs = (0, 2, 4, 8)[fhd >> 6] or (1 if single else 0)
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+    return (frame[at] >> 1) & 3
+
+
+@pytest.mark.parametrize("block", ["raw", "compressed"])
+def test_zstd_stream_truncated_message(block):
+    """A message cut anywhere is a broken stream (CompressionError), never a bad payload (DecodeError).
+
+    The decoder streams a raw block out as it arrives (short payloads are raw blocks), so a cut one
+    still yields a prefix of the payload; a cut inside a checksum yields the whole payload. Only the
+    block walk tells that the message ended too early.
+    """
+    zstandard = pytest.importorskip("zstandard")
+    if block == "raw":
+        text = b'{"op": 10, "d": {"heartbeat_interval": 41250}}'
+    else:
+        text = _dumps({"op": 0, "d": ["abcabc" * 20] * 20})
+    for cctx in (zstandard.ZstdCompressor(), zstandard.ZstdCompressor(write_checksum=True)):
+        whole = cctx.compress(text)
+        assert _first_block_type(whole) == (0 if block == "raw" else 2)
+        assert Decoder("zstd-stream").feed(whole, True) == json.loads(text)
+        for cut in range(1, len(whole)):
+            with pytest.raises(CompressionError, match="truncated") as info:
+                Decoder("zstd-stream").feed(whole[:cut], True)
+            assert "does not seem to send zstd-stream as Discord does" in info.value.hint
+    # the Discord shape: a later message of the one stream, cut by one byte
+    c = zstandard.ZstdCompressor().compressobj()
+    d = Decoder("zstd-stream")
+    assert d.feed(c.compress(b'{"op": 11}') + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), True) == {"op": 11}
+    second = c.compress(text) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    with pytest.raises(CompressionError, match="truncated"):
+        d.feed(second[:-1], True)
+    with pytest.raises(CompressionError):
+        Decoder("zstd-stream").feed(b"", True)
+
+
+def test_zstd_skippable_frames_between_payload_frames():
+    zstandard = pytest.importorskip("zstandard")
+    skippable = b"\x50\x2a\x4d\x18" + (5).to_bytes(4, "little") + b"hello"
+    d = Decoder("zstd-stream")
+    cctx = zstandard.ZstdCompressor()
+    for p in _payloads(4):
+        assert d.feed(skippable + cctx.compress(_dumps(p)), True) == p
+
+
+def test_zstd_stream_garbage_after_a_complete_frame():
+    zstandard = pytest.importorskip("zstandard")
+    msg = zstandard.ZstdCompressor().compress(b'{"op": 11}') + b"not a frame"
+    with pytest.raises(CompressionError, match="corrupt zstd-stream"):
+        Decoder("zstd-stream").feed(msg, True)
+
+
+@pytest.mark.parametrize(
+    "what,make",
+    [
+        ("zlib data", lambda: zlib.compress(b'{"op": 10}')[:-4] + b"\x00\x00\xff\xff"),
+        ("plain JSON", lambda: b'{"op": 10, "d": {"heartbeat_interval": 41250}}'),
+    ],
+)
+def test_zstd_wrong_format_hint_names_it(what, make):
+    pytest.importorskip("zstandard")
+    with pytest.raises(CompressionError) as info:
+        Decoder("zstd-stream").feed(make(), True)
+    hint = info.value.hint
+    assert hint.startswith("the server does not seem to send zstd-stream as Discord does")
+    assert what in hint
+    # one cause, one hint: what a caller compares to see the same failure again on the next socket
+    with pytest.raises(CompressionError) as again:
+        Decoder("zstd-stream").feed(make(), True)
+    assert again.value.hint == hint and str(again.value) == str(info.value)
+
+
+def test_compression_error_hint_is_optional_and_survives_pickling():
+    plain = CompressionError("boom")
+    assert plain.hint == "" and str(plain) == "boom" and isinstance(plain, ValueError)
+    hinted = CompressionError("boom", hint="why")
+    copy = pickle.loads(pickle.dumps(hinted))
+    assert (str(copy), copy.hint) == ("boom", "why")
 
 
 def test_check_compress():

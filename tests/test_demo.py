@@ -33,6 +33,13 @@ def test_demo_recovers_five_faults_and_loses_nothing():
     assert "lifecycle session_lost" in text and "lifecycle resumed" in text
     assert "interval 0" in text  # the demo says its IDENTIFY gate is not Discord's
     assert "OK: every invariant held" in text
+    # the questions a first run raises are answered in the output itself
+    assert "timeouts are shortened" in text and "heartbeat every 1 s" in text and "HELLO timeout 1.5 s" in text
+    assert "fault hello-stall: injected (op 7, then no HELLO on the next connection" in text
+    assert "hello-stall shows an op 7 first" in text
+    dropped = re.search(r"(\d+) dropped with a lost session \(expected\)", text).group(1)
+    assert f"* {dropped} dropped with a lost session (expected): events the fake had sent" in text
+    assert "plus one reader thread per live socket" in " ".join(text.split())
 
 
 def test_demo_json_is_one_object():
@@ -59,3 +66,18 @@ def test_tty_display_redraws_one_status_line():
     assert text.startswith("\r\x1b[Kstate ready")
     assert "\r\x1b[Kfault op7: injected\nstate ready" in text  # a permanent line, then the status again
     assert text.endswith("\r\x1b[K")
+
+
+def test_notes_follow_the_numbers_of_the_run():
+    from sync_gateway.demo import DEMO_CONFIG, DEMO_HEARTBEAT_MS, explain_summary, timing_note
+
+    base = {"faults": {"op7": {}}, "dropped_with_lost_session": 0, "threads_min": 3, "threads_max": 3}
+    notes = " ".join(explain_summary(base))
+    assert "hello-stall" not in notes  # no such fault in this run: nothing to explain
+    assert "threads 3..3" in notes and "no reader" not in notes
+    notes = " ".join(explain_summary(dict(base, faults={"hello-stall": {}}, threads_min=2, threads_max=3)))
+    assert "hello-stall shows an op 7 first" in notes
+    assert "threads 2..3" in notes and "no reader, hence the 2" in notes and "README's 3 threads" in notes
+    note = timing_note()
+    assert f"HELLO timeout {DEMO_CONFIG.hello_timeout:g} s" in note and "defaults 20 s and 15 s" in note
+    assert f"heartbeat every {DEMO_HEARTBEAT_MS / 1000:g} s" in note

@@ -14,6 +14,7 @@ from support import TOKEN, wait_until
 redis = pytest.importorskip("redis", reason="the redis package is not installed (pip install 'sync-gateway[redis]')")
 
 from sync_gateway.gates import UNAVAILABLE_RETRY, RedisIdentifyGate  # noqa: E402
+from sync_gateway.ratelimit import bot_id_from_token  # noqa: E402
 from sync_gateway.sinks import RedisStreamSink, StreamDispatch, StreamWorker, consume  # noqa: E402
 from sync_gateway.stores import RedisSessionStore, SessionRecord, session_key  # noqa: E402
 from sync_gateway.testing import FakeGateway  # noqa: E402
@@ -133,7 +134,8 @@ def test_daily_floor_stops_a_client_with_a_clear_message(redis_url, prefix, capl
 
 
 def test_processes_sharing_a_redis_gate_never_identify_one_bucket_within_5s(redis_url, prefix):
-    RedisIdentifyGate(redis_url, key_prefix=prefix).update_session_start_limit(LIMIT)
+    bot = bot_id_from_token(TOKEN)  # keys are per bot: the children bind their gates to it
+    RedisIdentifyGate(redis_url, key_prefix=prefix).for_bot(bot).update_session_start_limit(LIMIT)
     # shards 0 and 2 (twice) are bucket 0 with max_concurrency 2; shard 1 is bucket 1
     shards = ["0/4", "2/4", "2/4", "1/4"]
     with FakeGateway(token=TOKEN, heartbeat_interval=1000) as gw, children() as procs:
@@ -154,7 +156,7 @@ def test_processes_sharing_a_redis_gate_never_identify_one_bucket_within_5s(redi
         assert bucket1[0] < bucket0[1]  # bucket 1 did not queue behind bucket 0
         for child in procs:
             assert child.stop() == 0
-    ledger = RedisIdentifyGate(redis_url, key_prefix=prefix).session_start_info()
+    ledger = RedisIdentifyGate(redis_url, key_prefix=prefix).for_bot(bot).session_start_info()
     assert ledger["remaining"] == 46  # four session starts, counted once each across processes
 
 

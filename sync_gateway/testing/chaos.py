@@ -50,6 +50,7 @@ __all__ = [
     "StuckReaders",
     "ChaosRig",
     "chaos_config",
+    "heartbeat_for_fault_rate",
 ]
 
 logger = get_logger(__name__)
@@ -333,6 +334,24 @@ _BY_NAME: Dict[str, Fault] = {f.name: f for f in FAULTS}
 DEMO_FAULTS: Tuple[str, ...] = ("frozen-fresh", "op7", "op9-not-resumable", "zombie", "hello-stall")
 
 
+#: The shortest heartbeat interval :func:`heartbeat_for_fault_rate` picks (ms).
+MIN_CHAOS_HEARTBEAT_MS = 100
+
+
+def heartbeat_for_fault_rate(every: float, ceiling_ms: int = 41250) -> int:
+    """A HELLO ``heartbeat_interval`` (ms) short enough for a fault every *every* seconds.
+
+    A zombie fault (heartbeats not ACKed) is noticed only when the client's next beat finds the
+    last one unanswered, up to two intervals later, and the engine waits for recovery before the
+    next fault: with Discord's 41.25 s, one zombie stalls every later fault for ~50 s. A quarter of
+    the spacing lets the zombie be noticed and recovered from within about half of it. Never above
+    *ceiling_ms* (Discord's value by default), never below :data:`MIN_CHAOS_HEARTBEAT_MS`.
+    """
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ValueError(f"every must be a number of seconds > 0, got {every!r}")
+    return int(max(MIN_CHAOS_HEARTBEAT_MS, min(ceiling_ms, every * 1000.0 / 4.0)))
+
+
 def fault_names() -> List[str]:
     return [f.name for f in FAULTS]
 
@@ -442,7 +461,7 @@ class ServerChaos:
         if self.client is None:
             return max(60.0, 3 * hb + 10.0)
         c = self.client.config
-        budget = (
+        budget: float = (
             c.hello_timeout + c.ready_timeout + c.drain_timeout + c.force_close_timeout
             + 2 * c.backoff_max + c.invalid_session_delay[1] + 2 * hb
         )
@@ -645,7 +664,7 @@ class ServerChaos:
                     ev = self._life[index]
                     index += 1
                     if ev.kind in (READY, RESUMED) and ev.epoch > mark_epoch:
-                        return ev.kind
+                        return str(ev.kind)
                     if ev.kind in ("fatal", "closed"):
                         return "failed"
                 if self._abort.is_set():
@@ -747,7 +766,7 @@ class Ledger:
         self._duplicates: List[Tuple[str, int]] = []
         self._unattributed = 0
         self._events_seen = 0
-        self._lost_sessions: set = set()
+        self._lost_sessions: set[Optional[str]] = set()
         self._settled: Dict[str, int] = {}
         self._lifecycle: Dict[str, int] = {}
         self._escalations = 0
@@ -1041,7 +1060,7 @@ class Ledger:
 
     @staticmethod
     def _ok(s: Mapping[str, Any]) -> bool:
-        return (
+        return bool(
             s["lost"] == 0
             and s["duplicates"] == 0
             and s["mismatched"] == 0

@@ -170,6 +170,15 @@ def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+class RedisURL(str):
+    """The server's URL, carrying its ``pid`` (tests SIGSTOP it to freeze Redis)."""
+
+    def __new__(cls, url: str, pid: int) -> "RedisURL":
+        self = super().__new__(cls, url)
+        self.pid = pid
+        return self
+
+
 @contextlib.contextmanager
 def redis_server(directory: str) -> Iterator[str]:
     """A private redis-server on 127.0.0.1 and a free port, data in *directory*, no persistence.
@@ -186,7 +195,7 @@ def redis_server(directory: str) -> Iterator[str]:
         )
         if _wait_until(lambda: proc.poll() is not None or _ping(port), 10.0) and proc.poll() is None:
             try:
-                yield f"redis://127.0.0.1:{port}/0"
+                yield RedisURL(f"redis://127.0.0.1:{port}/0", proc.pid)
             finally:
                 proc.terminate()
                 try:
