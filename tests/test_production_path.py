@@ -1,9 +1,10 @@
 """The production path (issue 10): wss://, frames that arrive in pieces, a server that stalls a
 handshake — where every real Discord connection runs, and where the loopback suite did not look.
 
-Transport bugs of issue 10 covered here: item 5 (the TLS handshake cannot be aborted) and item 8 (a
-complete frame waits for the next one). Tests marked xfail(strict=True) fail on the code they were
-written against; the fix in connection.py makes them pass (then drop the marker).
+Transport bugs of issue 10 covered here: item 5 (the TLS handshake could not be aborted: on the
+code before the fix, close() left the stalled socket open for the whole connect timeout and three
+fresh reconnects left 4 TCP connections open at once) and item 8 (a complete frame waited for the
+next one: every ``test_complete_frame_is_delivered_while_the_next_is_incomplete`` case timed out).
 """
 import dataclasses
 import time
@@ -42,7 +43,6 @@ def _in_tls_handshake(proxy, connections):
 
 
 @pytest.mark.transports("tls")
-@pytest.mark.xfail(strict=True, reason="issue 10 item 5: fixed by the lead's connection.py change")
 def test_close_during_stalled_tls_handshake_closes_the_tcp_connection(stalled, make_client):
     client, rec = make_client(url=stalled.url)
     client.start()
@@ -56,7 +56,6 @@ def test_close_during_stalled_tls_handshake_closes_the_tcp_connection(stalled, m
 
 
 @pytest.mark.transports("tls")
-@pytest.mark.xfail(strict=True, reason="issue 10 item 5: fixed by the lead's connection.py change")
 def test_fresh_reconnects_during_stalled_tls_handshake_never_two_live(stalled, make_client):
     client, rec = make_client(url=stalled.url)
     client.start()
@@ -101,7 +100,6 @@ def test_stalled_tls_handshake_times_out_and_the_client_goes_on(stalled, gateway
 
 @pytest.mark.transports("plain", "tls")
 @pytest.mark.parametrize("compress", COMPRESSIONS)
-@pytest.mark.xfail(strict=True, reason="issue 10 item 8: fixed by the lead's connection.py change")
 def test_complete_frame_is_delivered_while_the_next_is_incomplete(gateway, make_client, compress):
     """Frame A whole and the first byte of frame B in one write; B's rest follows only once A was
     handled (or after the 1 s the test allows). A reader that batches A until B is complete
