@@ -572,8 +572,8 @@ class FakeGateway:
             self._certs = certificates()
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.load_cert_chain(self._certs.cert_file, self._certs.key_file)
-        if ssl_context is not None and hasattr(ssl_context, "num_tickets"):
-            ssl_context.num_tickets = 0  # no session tickets: nothing is written after the handshake
+            if hasattr(ssl_context, "num_tickets"):
+                ssl_context.num_tickets = 0  # no session tickets: nothing is written after the handshake
         self._ssl_context = ssl_context
         self.trickle = trickle
 
@@ -623,12 +623,14 @@ class FakeGateway:
 
     @property
     def api_base(self) -> str:
+        """``http://HOST:PORT/api/v10`` (``https://`` with TLS), the REST routes of the same port."""
         host, port = (self._front.host, self._front.port) if self._front is not None else (self.host, self.port)
         return f"{self._scheme('http')}://{host}:{port}/api/v10"
 
     @property
     def front_port(self) -> int:
-        """The port clients connect to: the trickle proxy's with ``trickle=``, else :attr:`port`."""
+        """The port clients connect to: the trickle proxy's with ``trickle=``, else ``port`` (the
+        listening socket's)."""
         return self._front.port if self._front is not None else self.port
 
     @property
