@@ -40,6 +40,7 @@ nitpick_ignore_regex = [
     ("py:class", r"os\.PathLike"),
     # internal records a public docstring names; not part of the API
     ("py:class", r"sync_gateway\.ratelimit\.GateState"),
+    ("py:class", r"sync_gateway\.ratelimit_rest\.(Route|Ticket|Grant|Observation)"),
     ("py:class", r"(Thread|Event|Condition|Random|Logger|timedelta|Enum|IntEnum|IntFlag|NamedTuple)"),
     ("py:class", r"(Any|Callable|Mapping|Sequence|Iterable|Iterator|Optional|Union|Literal|Tuple|Dict|List|Set|FrozenSet|Type|TypeVar|Generator|Deque)"),
     ("py:class", r"(sync_gateway\.dispatch\.)?(F|T|Handler|LifecycleHandler)"),

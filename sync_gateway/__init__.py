@@ -13,10 +13,13 @@ from .errors import (
     HTTPError,
     PayloadTooLarge,
     SessionStartLimitReached,
+    TooManyInvalidRequests,
 )
 from .intents import Intents
 from .protocol import CLOSE_CODES, Dispatch, LifecycleConfig, LifecycleEvent, Op, Session, Status
 from .ratelimit import IdentifyGate, MemoryIdentifyGate, Permit, SendWindow
+from .ratelimit_rest import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from .rest import RestClient, RestStatus
 from .gates import FileIdentifyGate, RedisIdentifyGate
 from .sharding import ShardedClient, ShardedStatus, shard_for_guild
 from .sinks import RedisStreamSink, StreamDispatch, StreamWorker, consume
@@ -59,4 +62,10 @@ __all__ = [
     "AuthenticationError",
     "GatewayUnreachable",
     "SessionStartLimitReached",
+    "TooManyInvalidRequests",
+    "RestClient",
+    "RestStatus",
+    "RateLimiter",
+    "MemoryRateLimiter",
+    "RedisRateLimiter",
 ]

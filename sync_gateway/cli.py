@@ -8,6 +8,7 @@ Subcommands::
     sync-gateway probe [--json] [--token-file PATH] [--api-base URL] [--timeout S]
     sync-gateway fake-gateway [--host H] [--port P] [--rate N] [--chaos] [--every S] [--token T]
                               [--heartbeat-interval MS] [--allow-remote]
+    sync-gateway send CHANNEL_ID TEXT [--json] [--token-file PATH] [--api-base URL] [--timeout S]
 
 ``-v`` shows the library's INFO lines on stderr (one line per routine reconnect, with its reason),
 ``-vv`` DEBUG; by default only WARNINGs and errors are shown. The bot token comes from the
@@ -183,6 +184,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Optional[Sequence[str]] = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed: argparse.Namespace
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             self.error(_unrecognized_message(extras, _option_strings(self)))
@@ -404,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: refuse)",
     )
     p.set_defaults(func=cmd_fake_gateway)
+    _add_send_parser(sub, verbose)
     return parser
 
 
@@ -1098,6 +1101,7 @@ def cmd_fake_gateway(args: argparse.Namespace) -> int:
         )
     try:
         from .testing import FakeGateway
+        from .testing.fake_rest import FakeRest
     except ImportError as exc:
         _err(
             "the fake gateway needs the 'testing' extra: pip install 'sync-gateway[testing]' "
@@ -1124,9 +1128,12 @@ def cmd_fake_gateway(args: argparse.Namespace) -> int:
     rate_thread = None
     interrupted = False
     gateway.start()
+    # Discord's REST with its rate limits enforced, for bots that answer (client.rest, `send`)
+    rest = FakeRest(args.host, 0, token=args.token, gateway_url=gateway.url).start()
     try:
         print(f"gateway_url: {gateway.url}", flush=True)
         print(f"api_base: {gateway.api_base}", flush=True)
+        print(f"rest_api_base: {rest.api_base}", flush=True)
         print(
             f"connect a client with: DISCORD_TOKEN=... {PROG} tail --gateway-url {gateway.url} --api-base {gateway.api_base}"
             + ("" if args.token else "  (any token is accepted)"),
@@ -1181,6 +1188,7 @@ def cmd_fake_gateway(args: argparse.Namespace) -> int:
                 chaos.stop()
             except Exception:  # pragma: no cover - best effort on the way out
                 log.exception("stopping the chaos injector failed")
+        rest.stop()
         gateway.stop()
         _restore_signal(signal.SIGTERM, previous)
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
@@ -1209,6 +1217,78 @@ def _dispatch_at_rate(gateway: Any, rate: float, stop: threading.Event) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# send
+
+
+def _add_send_parser(sub: Any, verbose: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "send",
+        parents=[verbose],
+        help="post one message to a channel (for cron jobs and shell scripts)",
+        description="POST /channels/CHANNEL_ID/messages with TEXT ('-' reads it from stdin), within "
+        "Discord's rate limits. Prints the new message's id (or the message as JSON with --json). "
+        "Exit 0 sent, 1 Discord refused (token rejected, no access, bad message), 2 usage error or "
+        "Discord unreachable, 130 Ctrl-C. Token: " + _TOKEN_HELP + ".",
+    )
+    _token_options(p)
+    p.add_argument("channel_id", metavar="CHANNEL_ID", help="the channel's id (Developer Mode -> right click -> Copy Channel ID)")
+    p.add_argument("text", metavar="TEXT", help="the message content; '-' reads it from stdin")
+    p.add_argument(
+        "--json", action="store_true", help="print the created message as one JSON object (default: its id only)"
+    )
+    p.add_argument(
+        "--api-base", default=DEFAULT_API_BASE, metavar="URL",
+        help=f"REST base URL (default {DEFAULT_API_BASE})",
+    )
+    p.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per HTTP request (default 10)")
+    p.set_defaults(func=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .errors import AuthenticationError, ConfigError, GatewayUnreachable, HTTPError, TooManyInvalidRequests
+    from .rest import RestClient
+
+    channel_id = args.channel_id.strip()
+    if not channel_id.isdigit():
+        raise _UsageError(f"CHANNEL_ID must be a channel's numeric id, got {args.channel_id!r}")
+    if args.text == "-" and args.token_file == "-":
+        raise _UsageError("TEXT and --token-file cannot both be '-' (stdin)")
+    text = sys.stdin.read() if args.text == "-" else args.text
+    if args.text == "-":
+        text = text.rstrip("\n")
+    if not text.strip():
+        raise _UsageError("TEXT is empty: Discord does not send empty messages")
+    token = read_token(args.token_file)
+    try:
+        rest = RestClient(token, args.api_base, timeout=args.timeout, max_retries=2, retry_base=0.5, retry_max=2.0)
+    except ConfigError as exc:
+        raise _UsageError(str(exc)) from None
+    try:
+        with rest:
+            message = rest.send_message(channel_id, text)
+    except AuthenticationError:
+        _err("token rejected: Discord answered 401 Unauthorized. Check that it is the bot token (not the client "
+             "secret) or make a new one: Developer Portal -> your application -> Bot -> Reset Token")
+        return EXIT_FAILURE
+    except GatewayUnreachable as exc:
+        _err(f"cannot reach the API at {rest.api_base}: {exc}")
+        return EXIT_UNREACHABLE
+    except TooManyInvalidRequests as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
+    except HTTPError as exc:
+        _err(f"the API answered with an error: {exc}")
+        return EXIT_UNREACHABLE if exc.status >= 500 else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(message), flush=True)
+    else:
+        print(message.get("id", ""), flush=True)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -1228,7 +1308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_logging(verbosity)
     if hasattr(sys.stdout, "reconfigure"):
         try:
-            sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[attr-defined]
+            sys.stdout.reconfigure(errors="backslashreplace")
         except (ValueError, OSError):
             pass
     try:

@@ -19,7 +19,7 @@ from .dispatch import Dispatcher, HandlerMethods, Registry
 from .connection import Proxy
 from .errors import AuthenticationError, ConfigError, GatewayError, PayloadTooLarge
 from .intents import Intents
-from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, Status
+from .protocol import Dispatch, LifecycleConfig, LifecycleEvent, Op, ShardMachine, State, Status
 from .ratelimit import IdentifyGate, MemoryIdentifyGate, bot_id_from_token
 from .stores import SessionStore, session_key
 from .supervisor import ConnectionFactory, Supervisor
@@ -73,7 +73,7 @@ def _check_token(token: Any) -> str:
         token = token[4:].strip()
     if not token or any(c.isspace() for c in token):
         raise ConfigError("token must be a non-empty bot token without spaces (copy it from Developer Portal -> Bot)")
-    return token
+    return str(token)
 
 
 class GatewayClient(HandlerMethods):
@@ -289,10 +289,10 @@ class GatewayClient(HandlerMethods):
     def _rest(self, api_base: str, **kwargs: Any) -> Any:
         from .rest import RestClient
 
-        rest = RestClient(self._token, api_base, **kwargs)
-        if self._proxy is not None:
-            rest._session.proxies.update({"http": self._proxy.url, "https": self._proxy.url})
-        return rest
+        return RestClient(self._token, api_base, proxies=self._rest_proxies(), **kwargs)
+
+    def _rest_proxies(self) -> Optional[Dict[str, str]]:
+        return {"http": self._proxy.url, "https": self._proxy.url} if self._proxy is not None else None
 
     def _ask_gateway_bot(self, api_base: str, **kwargs: Any) -> Mapping[str, Any]:
         """``GET /gateway/bot``, interruptible by a ``close()`` from another thread."""
@@ -302,7 +302,8 @@ class GatewayClient(HandlerMethods):
                     raise GatewayError("closed during start()")
                 self._starting = rest
             try:
-                return rest.get_gateway_bot()
+                info: Mapping[str, Any] = rest.get_gateway_bot()
+                return info
             finally:
                 with self._lock:
                     self._starting = None
@@ -315,7 +316,7 @@ class GatewayClient(HandlerMethods):
         if not isinstance(info, Mapping) or not isinstance(info.get("url"), str):
             raise GatewayError("GET /gateway/bot answered without a gateway url")
         self._apply_gateway_info(info)
-        return info["url"]
+        return str(info["url"])
 
     def _apply_gateway_info(self, info: Mapping[str, Any]) -> None:
         self.gateway_info = dict(info)
@@ -545,7 +546,7 @@ class GatewayClient(HandlerMethods):
     def status(self) -> Status:
         sup = self._supervisor
         if sup is None:
-            state = "closed" if self._closed else "idle"
+            state: State = "closed" if self._closed else "idle"
             return Status(
                 state=state, connected=False, session_id=None, seq=None, resume_url=None, epoch=0, latency=None,
                 last_heartbeat_ack_at=None, last_event_at=None, identifies=0, resumes=0, reconnects=0,
@@ -576,6 +577,19 @@ class GatewayClient(HandlerMethods):
         known (``start()`` learns it from ``GET /gateway/bot``). A Redis/File gate reads its shared
         ledger here, so this may do a short bounded I/O; never call it from a handler in a loop."""
         return self._identify_gate().session_start_info()
+
+    @property
+    def rest(self) -> "RestClient":
+        """A :class:`~sync_gateway.RestClient` with this client's token, ``api_base`` and proxy, made on
+        first use (no network until a request). Its rate limits are the process's, shared with
+        every other RestClient of the bot. It stays usable after ``close()`` (it has no threads)."""
+        from .rest import RestClient
+
+        with self._lock:
+            rest = self.__dict__.get("_rest")
+            if rest is None:
+                rest = self.__dict__["_rest"] = RestClient(self._token, self._api_base, proxies=self._rest_proxies())
+            return rest
 
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
@@ -614,3 +628,9 @@ def resolve_proxy(proxy: Optional[str], trust_env: bool, target: str) -> Optiona
 
 
 __all__ = ["GatewayClient", "Dispatch", "LifecycleEvent", "Status", "LifecycleConfig"]
+
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # the type of the ``rest`` property; at run time it is imported on first use
+    from .rest import RestClient  # noqa: F401

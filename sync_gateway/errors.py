@@ -10,6 +10,7 @@ __all__ = [
     "AuthenticationError",
     "GatewayUnreachable",
     "SessionStartLimitReached",
+    "TooManyInvalidRequests",
 ]
 
 
@@ -64,4 +65,20 @@ class SessionStartLimitReached(GatewayError):
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyInvalidRequests(GatewayError):
+    """The REST client refused to send: the bot's invalid requests (401, 403, 429) in the last
+    10 minutes are near Discord's limit, past which Cloudflare bans the IP for about an hour.
+
+    ``count`` invalid requests were seen, the refusal starts at ``refuse_at`` (of ``limit``), and
+    the oldest leaves the window in ``retry_after`` seconds.
+    """
+
+    def __init__(self, message: str, count: int, limit: int, refuse_at: int, retry_after: float) -> None:
+        super().__init__(message)
+        self.count = count
+        self.limit = limit
+        self.refuse_at = refuse_at
         self.retry_after = retry_after

@@ -126,9 +126,10 @@ class FileIdentifyGate(StoredIdentifyGate):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[GateState]:
         with _flocked(self._lock_path, self._thread_lock):
-            whole = _read_json(self.path, "FileIdentifyGate") or {}
+            whole: Dict[str, Any] = _read_json(self.path, "FileIdentifyGate") or {}
             # A view bound to a bot keeps its state under "bots"; an unbound gate at the top level.
-            bots = whole.get("bots") if isinstance(whole.get("bots"), dict) else {}
+            found = whole.get("bots")
+            bots: Dict[str, Any] = found if isinstance(found, dict) else {}
             raw = bots.get(self.bot) if self.bot else {k: v for k, v in whole.items() if k != "bots"} or None
             try:
                 state = GateState.from_dict(raw) if raw else GateState()

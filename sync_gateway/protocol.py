@@ -351,6 +351,9 @@ class Dispatch(NamedTuple):
     seq: Optional[int]
     shard_id: int = 0
     session_id: Optional[str] = None
+    #: ``time.monotonic()`` when the supervisor took the frame (None for a Dispatch built by hand):
+    #: ``RestClient.respond`` measures an interaction's 3-second window from it.
+    received_at: Optional[float] = None
 
     def __repr__(self) -> str:
         return f"Dispatch(name={self.name!r}, seq={self.seq!r}, shard_id={self.shard_id!r})"
@@ -911,7 +914,7 @@ class ShardMachine:
             ):
                 session.seq = seq
                 self.last_event_at = now
-                actions.append(Deliver(Dispatch(name, payload.get("d"), seq, shard_id, session.session_id)))
+                actions.append(Deliver(Dispatch(name, payload.get("d"), seq, shard_id, session.session_id, now)))
             else:
                 actions += self.frame(epoch, payload, now)
         return actions
@@ -1134,7 +1137,7 @@ class ShardMachine:
             actions += self._established(s, "ready", now)
         elif name == "RESUMED":
             actions += self._established(s, "resumed", now)
-        actions.append(Deliver(Dispatch(name, data, seq, self.shard_id, self.session.session_id)))
+        actions.append(Deliver(Dispatch(name, data, seq, self.shard_id, self.session.session_id, now)))
         return actions
 
     def _established(self, s: _Socket, kind: str, now: float) -> List[Action]:

@@ -223,6 +223,7 @@ class ShardedClient(HandlerMethods):
             **_private,
         )
         probe = GatewayClient(self._token, gateway_url=gateway_url, **self._shard_kwargs)
+        self._template = probe  # never started: it checked the options, and lends its REST client
         self.intents = probe.intents
         self.config = probe.config
         self._registry = Registry()
@@ -354,10 +355,8 @@ class ShardedClient(HandlerMethods):
             count = int(count_arg)
         limit = info.get("session_start_limit")
         limit = dict(limit) if isinstance(limit, Mapping) else None
-        mc = mc_arg
-        if mc is None:
-            found = limit.get("max_concurrency") if limit else None
-            mc = found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 1
+        found = limit.get("max_concurrency") if limit else None
+        mc = mc_arg or (found if isinstance(found, int) and not isinstance(found, bool) and found >= 1 else 1)
         return url, count, mc, limit
 
     def _read_session_limit(self) -> Optional[Dict[str, Any]]:
@@ -590,6 +589,13 @@ class ShardedClient(HandlerMethods):
     def latency(self) -> Optional[float]:
         return self.status().latency
 
+    @property
+    def rest(self) -> "RestClient":
+        """A :class:`~sync_gateway.RestClient` with this client's token, ``api_base`` and proxy, made
+        on first use (no network until a request). Its rate limits are the process's, shared with
+        every other RestClient of the bot. It stays usable after ``close()`` (it has no threads)."""
+        return self._template.rest
+
     def threads(self) -> "list[threading.Thread]":
         """Every thread of every shard that is still alive."""
         out: List[threading.Thread] = []
@@ -627,3 +633,9 @@ def _ranges(ids: Sequence[int]) -> str:
     if start is not None:
         out.append(f"{start}-{prev}" if start != prev else f"{start}")
     return ",".join(out)
+
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:  # the type of the ``rest`` property; at run time it is imported on first use
+    from .rest import RestClient  # noqa: F401

@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -174,6 +175,26 @@ def test_plain_script_prints_messages(gateway, run):
     assert gateway.connections[0].client_close_code == 1000
 
 
+def test_metrics_exporter_serves_the_client_s_numbers(gateway, run):
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ex = run("metrics_exporter.py", env={"METRICS_PORT": str(port)})
+    url = ex.expect(r"^metrics at (\S+)").group(1)
+    dispatch_when_ready(gateway, "MESSAGE_CREATE", message("counted"))
+    for _ in range(100):
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        if 'sync_gateway_events_total{event="MESSAGE_CREATE",shard="0"} 1.0' in text:
+            break
+        threading.Event().wait(0.05)
+    assert 'sync_gateway_events_total{event="MESSAGE_CREATE",shard="0"} 1.0' in text, text[-3000:]
+    assert 'sync_gateway_identifies_total{shard="0"} 1.0' in text
+    assert ex.interrupt() == 0, ex.output()
+
+
 def test_cron_job_does_one_thing_and_exits(gateway, run):
     ex = run("cron_job.py", "Backups done")
     assert ex.wait() == 0, ex.output()
@@ -202,11 +223,24 @@ def test_the_bot_and_recipe_tests_pass_with_the_plugin(tmp_path):
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # load the plugin by name: independent of what is installed
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "sync_gateway.testing.pytest_plugin", "-p", "no:cacheprovider",
-         "-q", "--rootdir", str(tmp_path), str(EXAMPLES / "test_bot.py"), str(EXAMPLES / "test_recipes.py")],
+         "-q", "--rootdir", str(tmp_path), str(EXAMPLES / "test_bot.py"), str(EXAMPLES / "test_recipes.py"),
+         str(EXAMPLES / "test_reply_bot.py")],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=80,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "7 passed" in proc.stdout
+    assert "9 passed" in proc.stdout
+
+
+def test_reply_bot_answers_ping_as_a_script(gateway, run):
+    from sync_gateway.testing.fake_rest import FakeRest
+
+    with FakeRest(gateway_url=gateway.url) as rest:
+        ex = run("reply_bot.py", env={"SYNC_GATEWAY_API_BASE": rest.api_base})
+        dispatch_when_ready(gateway, "MESSAGE_CREATE", message("!ping"))
+        rest.wait_for(lambda requests: len(rest.messages(20)) == 1, timeout=20)
+        assert rest.messages(20)[0]["content"] == "pong"
+        assert ex.interrupt() == 0, ex.output()
+        assert rest.count(status=429) == 0
 
 
 def test_the_bot_runs_on_its_own(gateway, run):

@@ -99,11 +99,14 @@ def test_ready_and_recovery_through_tinyproxy(tinyproxy):
             gw.dispatch("MESSAGE_CREATE", {"content": "through the proxy"})
             rec.wait_events("MESSAGE_CREATE", 1)
             assert handshakes(gw) == ["I", "R", "R"]
+            assert client.rest.get_current_user()["id"]  # client.rest shares the proxy
         finally:
             client.close()
+            client.rest.close()
         logged = tinyproxy.logged()
         assert logged.count(f"CONNECT 127.0.0.1:{gw.port}") >= 3, logged[-2000:]
-        assert f"/api/v10/gateway/bot" in logged  # the session-start limit went through it too
+        assert "/api/v10/gateway/bot" in logged  # the session-start limit went through it too
+        assert "/api/v10/users/@me" in logged
 
 
 @needs_tinyproxy

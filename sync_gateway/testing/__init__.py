@@ -14,10 +14,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .fake_gateway import FakeGateway, FakeSession, ServerConnection
     from .proxy import FreezingProxy, Trickle
 
-__all__ = ["FakeGateway", "FakeSession", "FreezingProxy", "ServerConnection", "Trickle"]
+__all__ = ["FakeGateway", "FakeRest", "FakeSession", "FreezingProxy", "ServerConnection", "Trickle"]
 
 _HOME = {
     "FakeGateway": "fake_gateway",
+    "FakeRest": "fake_rest",
     "FakeSession": "fake_gateway",
     "ServerConnection": "fake_gateway",
     "FreezingProxy": "proxy",

@@ -34,6 +34,7 @@ import pytest
 if TYPE_CHECKING:  # pragma: no cover - types only
     from sync_gateway import GatewayClient, LifecycleConfig
     from sync_gateway.testing import FakeGateway
+    from sync_gateway.testing.fake_rest import FakeRest
 
 __all__ = [
     "TEST_TOKEN",
@@ -41,6 +42,7 @@ __all__ = [
     "THREAD_PREFIX",
     "fast_config",
     "fake_gateway",
+    "fake_rest",
     "make_gateway_client",
     "gateway_client",
 ]
@@ -95,6 +97,18 @@ def fake_gateway() -> Iterator["FakeGateway"]:
 
     with FakeGateway("127.0.0.1", 0, heartbeat_interval=HEARTBEAT_INTERVAL_MS) as gateway:
         yield gateway
+
+
+@pytest.fixture
+def fake_rest(fake_gateway: "FakeGateway") -> Iterator["FakeRest"]:
+    """A started :class:`~sync_gateway.testing.fake_rest.FakeRest` on 127.0.0.1: Discord's REST
+    with its rate limits enforced (shared buckets, the global limit, 429 with scope, the
+    interaction window), whose ``/gateway/bot`` points at :func:`fake_gateway`. Give a client
+    ``api_base=fake_rest.api_base``; assert ``fake_rest.count(status=429) == 0``."""
+    from sync_gateway.testing.fake_rest import FakeRest
+
+    with FakeRest("127.0.0.1", 0, gateway_url=fake_gateway.url) as rest:
+        yield rest
 
 
 @pytest.fixture
