@@ -28,27 +28,55 @@ def no_leaked_threads():
 # Integration fixtures: a FakeGateway on 127.0.0.1 and clients that are always closed.
 
 from sync_gateway import GatewayClient, MemoryIdentifyGate  # noqa: E402
-from support import FAST, TOKEN, Recorder  # noqa: E402
+from support import FAST, TOKEN, Recorder, client_options, gateway_options  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "transports(*names): run the test once per transport of its `gateway`/`transport` fixture: "
+        "plain (ws://), tls (wss://), trickle (ws:// in pieces), tls+trickle (wss:// in pieces)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    """A test (or module, through ``pytestmark``) marked ``transports(...)`` runs once per transport;
+    unmarked tests keep their ids and run on plain ``ws://``."""
+    if "transport" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("transports")
+    if marker is not None:
+        metafunc.parametrize("transport", list(marker.args), indirect=True)
 
 
 @pytest.fixture
-def gateway():
+def transport(request):
+    """How the `gateway` fixture is reached: "plain", "tls", "trickle" or "tls+trickle"."""
+    return getattr(request, "param", "plain")
+
+
+@pytest.fixture
+def gateway(transport, monkeypatch):
     from sync_gateway.testing import FakeGateway
 
-    with FakeGateway(heartbeat_interval=45000, token=TOKEN) as gw:
+    with FakeGateway(heartbeat_interval=45000, token=TOKEN, **gateway_options(transport)) as gw:
+        if gw.tls:
+            # the client's REST calls (requests) must trust the test certificate too
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", gw.ca_file)
         yield gw
 
 
 @pytest.fixture
 def make_client(gateway):
-    """make_client(url=None, **kwargs) -> (client, recorder); every client is closed at teardown."""
+    """make_client(url=None, **kwargs) -> (client, recorder); every client is closed at teardown.
+    Over TLS the client trusts the gateway's test certificate (see support.client_options)."""
     made = []
 
     def make(url=None, **kwargs):
         kwargs.setdefault("config", FAST)
         kwargs.setdefault("identify_gate", MemoryIdentifyGate(interval=0.0, margin=0.0))
         kwargs.setdefault("gateway_url", url or gateway.url)
-        client = GatewayClient(TOKEN, **kwargs)
+        client = GatewayClient(TOKEN, **client_options(gateway, **kwargs))
         made.append(client)
         return client, Recorder(client)
 

@@ -1,8 +1,10 @@
 """Helpers shared by the integration tests (imported as ``support``)."""
+import functools
+import inspect
 import threading
 import time
 
-from sync_gateway import LifecycleConfig
+from sync_gateway import GatewayClient, LifecycleConfig
 
 TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAx.fake-token.for-tests-only-xyz"
 
@@ -16,6 +18,57 @@ FAST = LifecycleConfig(
     backoff_max=0.2,
     invalid_session_delay=(0.05, 0.1),
 )
+
+
+#: Seed of the trickle transport; the pieces and pauses of a run are reproducible from it.
+TRICKLE_SEED = 10
+
+
+def gateway_options(transport, seed=TRICKLE_SEED):
+    """FakeGateway keyword arguments for a transport name (see conftest's ``transports`` marker).
+
+    Over ``tls+trickle`` every message is written as TLS records of 1-7 plaintext bytes (the client's
+    reader gets its frames in those pieces) and the TCP stream is cut into pieces of up to 64 bytes
+    (1-7 bytes of ciphertext would cost seconds per test); the last bytes of every burst wait
+    50-200 ms. Over plain ``trickle`` the TCP pieces are the 1-7 bytes the reader sees.
+    """
+    from sync_gateway.testing import Trickle
+
+    if transport not in ("plain", "tls", "trickle", "tls+trickle"):
+        raise ValueError(f"unknown transport {transport!r}")
+    options = {"tls": transport.startswith("tls")}
+    if transport == "trickle":
+        options["trickle"] = Trickle(seed=seed)
+    elif transport == "tls+trickle":
+        options["trickle"] = Trickle(seed=seed, chunk=(1, 64), pause=(0.0, 0.001))
+    return options
+
+
+def client_options(gateway, **kwargs):
+    """``kwargs`` for GatewayClient, plus what makes it trust ``gateway``'s certificate over TLS.
+
+    GatewayClient's own ``ssl_context=`` is used if it has one; otherwise the context goes to each
+    Connection through ``_connection_factory`` (wrapping a factory the test gave)."""
+    if not getattr(gateway, "tls", False):
+        return kwargs
+    ctx = gateway.client_ssl_context()
+    if "ssl_context" in inspect.signature(GatewayClient).parameters:
+        kwargs.setdefault("ssl_context", ctx)
+    else:
+        from sync_gateway.connection import Connection
+
+        factory = kwargs.get("_connection_factory") or Connection
+        kwargs["_connection_factory"] = functools.partial(factory, ssl_context=ctx)
+    return kwargs
+
+
+def freezing_proxy(gateway, **kwargs):
+    """A FreezingProxy (not started) in front of ``gateway`` as clients reach it: behind it the trickle
+    proxy if any, and its ``url`` says ``wss://`` over TLS (the proxy only sees TCP)."""
+    from sync_gateway.testing import FreezingProxy
+
+    kwargs.setdefault("scheme", "wss" if gateway.tls else "ws")
+    return FreezingProxy("127.0.0.1", gateway.front_port, **kwargs)
 
 
 class Recorder:

@@ -597,3 +597,114 @@ def test_malformed_http_is_survived(gw: FakeGateway) -> None:
         s.recv(1024)  # whatever comes back (or EOF), the server lives on
     ws, _conn, _ = ready_client(gw)
     ws.close(status=4000)
+
+
+# --------------------------------------------------------------------------- TLS (wss:// and https://)
+
+
+def tls_connect(gw: FakeGateway, timeout: float = 5.0) -> websocket.WebSocket:
+    return websocket.create_connection(
+        gw.url + "?v=10&encoding=json", timeout=timeout, sslopt={"context": gw.client_ssl_context()}
+    )
+
+
+def test_tls_gateway_serves_wss_and_https() -> None:
+    with FakeGateway(token=TOKEN, tls=True) as gw:
+        assert gw.url == f"wss://127.0.0.1:{gw.port}/" and gw.api_base.startswith("https://127.0.0.1:")
+        ws = tls_connect(gw)
+        assert recv_json(ws)["op"] == 10
+        send(ws, identify_payload())
+        assert recv_json(ws)["t"] == "READY"
+        gw.dispatch_many("MESSAGE_CREATE", [{"i": i, "pad": "x" * 3000} for i in range(50)])
+        assert [recv_json(ws)["d"]["i"] for _ in range(50)] == list(range(50))
+        ws.close()
+        r = requests.get(gw.api_base + "/gateway", verify=gw.ca_file, timeout=5)
+        assert r.json() == {"url": gw.url}
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(gw.api_base + "/gateway", timeout=5)  # the system's CAs do not know it
+
+
+def test_tls_client_that_refuses_the_certificate_changes_nothing() -> None:
+    import ssl
+
+    with FakeGateway(token=TOKEN, tls=True) as gw:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            websocket.create_connection(gw.url, timeout=5, sslopt={"context": ssl.create_default_context()})
+        ws = tls_connect(gw)  # still serving
+        assert recv_json(ws)["op"] == 10
+        assert len(gw.connections) == 1
+        ws.close()
+
+
+def test_tls_stop_during_handshake_and_drop() -> None:
+    gw = FakeGateway(tls=True).start()
+    silent = socket.create_connection((gw.host, gw.port))  # TCP only: the server waits for a ClientHello
+    ws = tls_connect(gw)
+    conn = gw.wait_for_connections(1)
+    recv_json(ws)
+    conn.drop()
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError, OSError)):
+        ws.recv_frame()
+    started = time.monotonic()
+    gw.stop()
+    assert time.monotonic() - started < 2.0
+    assert silent.recv(16) == b""  # closed by stop()
+    silent.close()
+
+
+def test_tls_records_cut_the_plaintext() -> None:
+    """trickle.records: every write goes out as TLS records of that many plaintext bytes, so the
+    client's TLS layer hands the reader the stream in exactly those pieces (here: byte by byte)."""
+    import ssl
+
+    from sync_gateway.testing import Trickle
+
+    with FakeGateway(tls=True, trickle=Trickle(records=(1, 1), chunk=(1, 64), pause=(0.0, 0.0), hold_bytes=0)) as gw:
+        raw = socket.create_connection((gw.host, gw.front_port), timeout=5)
+        tls = gw.client_ssl_context().wrap_socket(raw, server_hostname="127.0.0.1")
+        tls.sendall(
+            b"GET /?v=10&encoding=json HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        sizes, data = [], b""
+        while not data.endswith(b"}"):  # the 101 response, then HELLO
+            piece = tls.recv(65536)
+            assert piece
+            sizes.append(len(piece))
+            data += piece
+        assert data.startswith(b"HTTP/1.1 101") and b'"heartbeat_interval"' in data
+        assert set(sizes) == {1}
+        tls.close()
+
+
+def test_stall_upgrade_holds_the_101_until_cleared(gw: FakeGateway) -> None:
+    gw.stall_upgrade = True
+    result: Dict[str, Any] = {}
+
+    def run() -> None:
+        ws = connect(gw.url)
+        result["hello"] = recv_json(ws)
+        ws.close()
+
+    t = threading.Thread(target=run, name="test-stall-upgrade")
+    t.start()
+    deadline = time.monotonic() + 5
+    while gw.held_requests < 1 and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    assert gw.held_requests == 1
+    t.join(0.3)
+    assert t.is_alive() and gw.connections == []  # no 101 while held
+    gw.stall_upgrade = False
+    t.join(5)
+    assert result["hello"]["op"] == 10
+
+
+def test_encode_and_send_bytes_cut_a_frame_anywhere(gw: FakeGateway) -> None:
+    ws, conn, ready = ready_client(gw)
+    seq, data = gw.encode_dispatch("MESSAGE_CREATE", {"i": 1})
+    assert seq == 2 and gw.connection_for() is conn
+    assert conn.send_bytes(data[:3])
+    assert conn.send_bytes(data[3:])
+    assert recv_json(ws) == {"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {"i": 1}}
+    assert [s for s, _, _ in gw.sessions[ready["d"]["session_id"]].events] == [1, 2]
+    ws.close()

@@ -7,10 +7,12 @@ import time
 import pytest
 
 import sync_gateway as sg
-from sync_gateway.testing import FakeGateway, FreezingProxy
-from support import FAST, TOKEN, Recorder, handshakes, wait_until
+from sync_gateway.testing import FakeGateway
+from support import FAST, TOKEN, Recorder, client_options, freezing_proxy, gateway_options, handshakes, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+# Every test over ws:// and wss://; those marked ALL_TRANSPORTS also with frames in pieces (tls+trickle).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.transports("plain", "tls")]
+ALL_TRANSPORTS = pytest.mark.transports("plain", "tls", "tls+trickle")
 
 
 def fast_gate():
@@ -21,13 +23,13 @@ def fast_gate():
 def proxied(gateway):
     """(proxy, make) where make(**kw) -> (client, recorder) connects through the freezing proxy."""
     clients = []
-    with FreezingProxy("127.0.0.1", gateway.port) as proxy:
+    with freezing_proxy(gateway) as proxy:
         gateway.resume_gateway_url = proxy.url
 
         def make(**kw):
             kw.setdefault("config", FAST)
             kw.setdefault("identify_gate", fast_gate())
-            client = sg.GatewayClient(TOKEN, gateway_url=proxy.url, **kw)
+            client = sg.GatewayClient(TOKEN, gateway_url=proxy.url, **client_options(gateway, **kw))
             clients.append(client)
             return client, Recorder(client)
 
@@ -36,6 +38,7 @@ def proxied(gateway):
             c.close(timeout=5)
 
 
+@ALL_TRANSPORTS
 def test_forced_fresh_reconnect_with_frozen_socket_identifies_in_time_one_live_socket(gateway, proxied):
     proxy, make = proxied
     client, rec = make()
@@ -57,6 +60,7 @@ def test_forced_fresh_reconnect_with_frozen_socket_identifies_in_time_one_live_s
     assert rec.kinds().count("session_lost") == 1
 
 
+@ALL_TRANSPORTS
 def test_stale_frames_during_drain_reach_no_handler_and_open_nothing(gateway, make_client):
     gateway.close_reply_delay = 0.8  # the old socket answers our close late, talking meanwhile
     client, rec = make_client()
@@ -99,9 +103,9 @@ def test_hello_never_arrives(gateway, make_client):
     assert gateway.connections[0].identify is None
 
 
-def test_zombie_connection_closes_4000_and_resumes():
-    with FakeGateway(heartbeat_interval=150, token=TOKEN) as gw:
-        client = sg.GatewayClient(TOKEN, gateway_url=gw.url, config=FAST, identify_gate=fast_gate())
+def test_zombie_connection_closes_4000_and_resumes(transport):
+    with FakeGateway(heartbeat_interval=150, token=TOKEN, **gateway_options(transport)) as gw:
+        client = sg.GatewayClient(TOKEN, **client_options(gw, gateway_url=gw.url, config=FAST, identify_gate=fast_gate()))
         rec = Recorder(client)
         try:
             client.start()
@@ -117,6 +121,7 @@ def test_zombie_connection_closes_4000_and_resumes():
             client.close()
 
 
+@ALL_TRANSPORTS
 @pytest.mark.parametrize("resumable", [True, False])
 def test_op9(gateway, make_client, resumable):
     client, rec = make_client()
@@ -140,6 +145,7 @@ def test_op9(gateway, make_client, resumable):
         assert rec.named("MESSAGE_CREATE")[-1].seq == 2
 
 
+@ALL_TRANSPORTS
 @pytest.mark.parametrize("code,expect", [(4000, "R"), (4007, "I"), (4009, "I"), (4008, "R"), (1001, "R")])
 def test_server_close_codes(gateway, make_client, code, expect):
     client, rec = make_client()
@@ -163,6 +169,7 @@ def test_fatal_codes_after_ready(gateway, make_client, code):
     assert info.value.code == code and len(gateway.connections) == 1
 
 
+@ALL_TRANSPORTS
 def test_resume_url_that_fails_to_connect_falls_back_to_bootstrap(gateway, make_client, unused_port):
     gateway.resume_gateway_url = f"ws://127.0.0.1:{unused_port}/"
     client, rec = make_client()
@@ -185,6 +192,7 @@ def test_untrusted_resume_host_is_never_contacted(gateway, make_client):
     assert handshakes(gateway) == ["I", "R"]
 
 
+@ALL_TRANSPORTS
 def test_orphaned_reader_counted_and_client_recovers_through_proxy(gateway, proxied):
     from support import stuck_reader_factory
 
@@ -219,6 +227,7 @@ def test_reconnect_requests_coalesce(gateway, make_client):
     assert rec.kinds().count("session_lost") == 1
 
 
+@ALL_TRANSPORTS
 def test_repeated_forced_reconnects_on_frozen_sockets_never_two_live(gateway, proxied):
     proxy, make = proxied
     cfg = dataclasses.replace(FAST, drain_timeout=0.3, force_close_timeout=0.2)

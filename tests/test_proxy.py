@@ -193,3 +193,84 @@ def test_wait_for_connections_timeout_and_unreachable_target() -> None:
             proxy.wait_for_connections(1)
             assert s.recv(10) == b""  # closed: the target is unreachable
         assert proxy.live == 0 and proxy.total == 1
+
+
+# --------------------------------------------------------------------------- trickle and stall modes
+
+
+class _Blob:
+    """A TCP server that sends ``data`` to its one connection at once, then closes it."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, name="fake_gateway-test-blob", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.sendall(self.data)
+        self.listener.close()
+
+
+def read_all(sock: socket.socket) -> Tuple[bytes, List[Tuple[float, int]]]:
+    data, log = b"", []
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            return data, log
+        data += piece
+        log.append((time.monotonic(), len(data)))
+
+
+def test_trickle_delivers_every_byte_in_pieces_and_holds_the_tail() -> None:
+    from sync_gateway.testing import Trickle
+
+    blob = bytes(range(256)) * 4
+    server = _Blob(blob)
+    trickle = Trickle(seed=7, chunk=(1, 7), pause=(0.0, 0.001), hold_bytes=3, hold=(0.15, 0.15))
+    with FreezingProxy("127.0.0.1", server.port, trickle=trickle) as proxy:
+        client = socket.create_connection((proxy.host, proxy.port), timeout=5)
+        data, log = read_all(client)  # the server's close is passed on after the last byte
+        client.close()
+        assert data == blob
+        assert len(log) > 20  # in pieces, not in one read
+        tail_start = min(t for t, n in log if n > len(blob) - 3)
+        before_tail = max(t for t, n in log if n <= len(blob) - 3)
+        assert tail_start - before_tail >= 0.14  # the last 3 bytes were held back
+        wait_until(lambda: proxy.live == 0)
+    server.thread.join(5)
+
+
+def test_trickle_pieces_are_reproducible_from_the_seed() -> None:
+    from sync_gateway.testing import Trickle
+
+    a, b = Trickle(seed=5).rng(1), Trickle(seed=5).rng(1)
+    assert [a.randint(1, 7) for _ in range(50)] == [b.randint(1, 7) for _ in range(50)]
+    assert Trickle(seed=5).rng(2).random() != Trickle(seed=5).rng(1).random()
+    with pytest.raises(ValueError):
+        Trickle(chunk=(0, 3))
+
+
+def test_stall_new_swallows_the_client_bytes_and_never_connects_upstream() -> None:
+    target = socket.create_server(("127.0.0.1", 0))
+    target.setblocking(False)
+    with FreezingProxy("127.0.0.1", target.getsockname()[1], scheme="wss") as proxy:
+        assert proxy.url.startswith("wss://")
+        proxy.stall_new = True
+        client = socket.create_connection((proxy.host, proxy.port), timeout=5)
+        hello = b"\x16\x03\x01 a ClientHello, say"
+        client.sendall(hello)
+        wait_until(lambda: proxy.bytes_from_clients == len(hello))
+        assert proxy.live == 1
+        client.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            client.recv(16)  # nothing ever comes back
+        with pytest.raises(BlockingIOError):
+            target.accept()  # no upstream connection was made
+        client.close()
+        wait_until(lambda: proxy.live == 0)
+        assert proxy.max_live == 1
+    target.close()

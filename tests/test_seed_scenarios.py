@@ -9,10 +9,11 @@ import time
 import pytest
 
 import sync_gateway as sg
-from sync_gateway.testing import FreezingProxy
-from support import FAST, TOKEN, handshakes, stuck_reader_factory, wait_until
+from support import FAST, TOKEN, client_options, freezing_proxy, handshakes, stuck_reader_factory, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+# Every scenario over ws:// and wss://; those marked ALL_TRANSPORTS also with frames in pieces (tls+trickle).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.transports("plain", "tls")]
+ALL_TRANSPORTS = pytest.mark.transports("plain", "tls", "tls+trickle")
 
 
 def ours(caplog, level):
@@ -33,6 +34,7 @@ def test_seed_01_starting_fails_raises_and_leaves_no_thread(gateway, unused_port
         sg.GatewayClient(TOKEN, config=sg.LifecycleConfig(hello_timeout=-1))
 
 
+@ALL_TRANSPORTS
 def test_seed_02_healthy_session_reaches_ready_and_close_cleans_up(gateway, make_client):
     client, rec = make_client()
     client.start()
@@ -69,6 +71,7 @@ def test_seed_04_ready_timeout_forces_fresh_reconnect_then_ready(gateway, make_c
     assert len(lines) == 1 and "no READY within 1s" in lines[0]
 
 
+@ALL_TRANSPORTS
 def test_seed_05_stale_socket_would_auto_resume(gateway, make_client, caplog):
     """Session cached at seq 123; the old socket's close would start a RESUME. After
     reconnect(fresh=True): one new connection, IDENTIFY only, nothing of the old socket acted on."""
@@ -101,6 +104,7 @@ def test_seed_05_stale_socket_would_auto_resume(gateway, make_client, caplog):
     assert len(gateway.connections) == 2
 
 
+@ALL_TRANSPORTS
 def test_seed_06_old_socket_ignores_close_frame_hard_close_after_drain(gateway, make_client, caplog):
     gateway.close_reply_delay = None
     client, rec = make_client()
@@ -116,13 +120,14 @@ def test_seed_06_old_socket_ignores_close_frame_hard_close_after_drain(gateway, 
     assert handshakes(gateway) == ["I", "I"]
 
 
+@ALL_TRANSPORTS
 def test_seed_07_reader_survives_hard_close_is_orphaned(gateway):
     release = threading.Event()
-    with FreezingProxy("127.0.0.1", gateway.port) as proxy:
+    with freezing_proxy(gateway) as proxy:
         gateway.resume_gateway_url = proxy.url
-        client = sg.GatewayClient(TOKEN, gateway_url=proxy.url, config=FAST,
-                                  identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0),
-                                  _connection_factory=stuck_reader_factory(release, epochs={1}))
+        client = sg.GatewayClient(TOKEN, **client_options(
+            gateway, gateway_url=proxy.url, config=FAST, identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0),
+            _connection_factory=stuck_reader_factory(release, epochs={1})))
         from support import Recorder
 
         rec = Recorder(client)
@@ -191,6 +196,7 @@ def test_seed_11_close_4014_is_fatal_and_names_intents(gateway, make_client):
     assert len(gateway.connections) == 1
 
 
+@ALL_TRANSPORTS
 def test_seed_12_transient_error_logged_once_and_client_goes_on(gateway, make_client, caplog):
     client, rec = make_client()
     client.start()
@@ -273,10 +279,11 @@ def test_seed_17_successful_reopen_disarms_stall_deadlines(gateway, make_client)
     assert client.status().state == "ready" and len(gateway.connections) == 2
 
 
+@ALL_TRANSPORTS
 def test_seed_18_errors_expected_while_shutting_down_logged_at_debug(gateway, caplog):
-    with FreezingProxy("127.0.0.1", gateway.port) as proxy:
-        client = sg.GatewayClient(TOKEN, gateway_url=proxy.url, config=FAST,
-                                  identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0))
+    with freezing_proxy(gateway) as proxy:
+        client = sg.GatewayClient(TOKEN, **client_options(
+            gateway, gateway_url=proxy.url, config=FAST, identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0)))
         client.start()
         assert client.wait_until_ready(10)
         proxy.freeze()
@@ -287,6 +294,7 @@ def test_seed_18_errors_expected_while_shutting_down_logged_at_debug(gateway, ca
     assert ours(caplog, logging.DEBUG)
 
 
+@ALL_TRANSPORTS
 def test_seed_19_close_before_first_ready(gateway, make_client):
     gateway.answer_identify = False
     client, rec = make_client()
@@ -299,6 +307,7 @@ def test_seed_19_close_before_first_ready(gateway, make_client):
     assert client.status().connected is False and client.status().state == "closed"
 
 
+@ALL_TRANSPORTS
 def test_seed_20_late_close_from_previous_socket_changes_nothing(gateway, make_client):
     release = threading.Event()
     client, rec = make_client(_connection_factory=stuck_reader_factory(release, epochs={1}))

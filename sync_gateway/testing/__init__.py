@@ -1,4 +1,5 @@
-"""Loopback test doubles for gateway clients: a fake Discord gateway and a freezing TCP proxy.
+"""Loopback test doubles for gateway clients: a fake Discord gateway (ws:// or wss://) and a
+TCP proxy that freezes, stalls or trickles connections.
 
 Needs the ``testing`` extra (``websockets``). Nothing here imports the client, so the fake can test
 any gateway client, ours or not.
@@ -11,11 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .fake_gateway import FakeGateway, FakeSession, ServerConnection
-    from .proxy import FreezingProxy
+    from .proxy import FreezingProxy, Trickle
 
-__all__ = ["FakeGateway", "FakeRest", "FakeSession", "FreezingProxy", "ServerConnection"]
+__all__ = ["FakeGateway", "FakeRest", "FakeSession", "FreezingProxy", "ServerConnection", "Trickle"]
 
-_HOME = {"FakeGateway": "fake_gateway", "FakeSession": "fake_gateway", "ServerConnection": "fake_gateway", "FreezingProxy": "proxy", "FakeRest": "fake_rest"}
+_HOME = {
+    "FakeGateway": "fake_gateway",
+    "FakeRest": "fake_rest",
+    "FakeSession": "fake_gateway",
+    "ServerConnection": "fake_gateway",
+    "FreezingProxy": "proxy",
+    "Trickle": "proxy",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,14 @@ after the 101 we read and write RFC 6455 frames on the socket ourselves (frames 
 :class:`websockets.frames.Frame`). Every write goes through one lock per connection, so the test
 thread and the connection thread may send concurrently.
 
+``FakeGateway(tls=True)`` serves ``wss://`` (and its REST routes over ``https://``) with a certificate
+for 127.0.0.1 signed by a throwaway CA (:meth:`FakeGateway.client_ssl_context` trusts it). TLS runs
+through :class:`ssl.MemoryBIO` on the plain socket, not :class:`ssl.SSLSocket`: the connection thread
+keeps select()ing the real descriptor (an SSLSocket may hold decrypted bytes select() cannot see),
+stop() and drop() act on the one real socket at every stage, handshake included, and every write can
+be cut into TLS records of the size a test asks for (``trickle=``: the client's TLS layer then hands
+its reader the plaintext in exactly those pieces).
+
 Threads: one accept thread (``fake_gateway-accept-PORT``) and one thread per TCP connection
 (``fake_gateway-conn-PORT-N``), all daemons; :meth:`FakeGateway.stop` closes every socket and joins
 them (bounded).
@@ -24,9 +32,11 @@ import email.utils
 import http
 import json
 import logging
+import random
 import select
 import selectors
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -41,6 +51,9 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
+
+from ._certs import certificates
+from .proxy import FreezingProxy, Trickle
 
 __all__ = ["FakeGateway", "FakeSession", "ServerConnection"]
 
@@ -95,6 +108,153 @@ def _close_payload(code: Optional[int], reason: str) -> bytes:
     if code is None:
         return b""
     return (struct.pack("!H", code) + reason.encode("utf-8"))[:125]
+
+
+class _WantRead(socket.timeout):
+    """A read got part of a TLS record only: no plaintext yet (callers treat it as a read timeout)."""
+
+
+class _TLSSocket:
+    """The server side of TLS over a plain socket, through memory BIOs (see the module docstring).
+
+    Offers the few socket methods the fake uses. Locks: ``_ssl`` guards the SSLObject (OpenSSL objects
+    must not be used by two threads at once); ``_send`` keeps ciphertext leaving in the order it was
+    made, and is always taken before ``_ssl``.
+    """
+
+    def __init__(
+        self, raw: socket.socket, context: ssl.SSLContext, records: Optional[Tuple[int, int]], rng: random.Random
+    ) -> None:
+        self.raw = raw
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+        self._ssl = threading.Lock()
+        self._send = threading.Lock()
+        self._records = records
+        self._rng = rng
+
+    def handshake(self, deadline: float, stopping: threading.Event) -> bool:
+        """Run the TLS handshake; False if the client went away, stop() was called or time ran out.
+        Raises :class:`ssl.SSLError` if the client refused it (e.g. it does not trust the certificate)."""
+        while True:
+            with self._send:
+                with self._ssl:
+                    try:
+                        self._obj.do_handshake()
+                        done = True
+                    except ssl.SSLWantReadError:
+                        done = False
+                    out = self._out.read()
+                if out:
+                    self.raw.sendall(out)
+            if done:
+                return True
+            while True:
+                if stopping.is_set() or time.monotonic() > deadline:
+                    return False
+                if select.select([self.raw], [], [], _POLL)[0]:
+                    break
+            data = self.raw.recv(65536)
+            if not data:
+                return False
+            with self._ssl:
+                self._in.write(data)
+
+    def recv(self, n: int) -> bytes:
+        """All plaintext that can be decrypted after at most one read of the socket (may exceed ``n``).
+
+        b"" at EOF (TCP or the client's close_notify); :class:`_WantRead` if only part of a record came.
+        """
+        data = self._decrypt()
+        if data is None:
+            return b""
+        if data:
+            return data
+        raw = self.raw.recv(65536)
+        if not raw:
+            return b""
+        with self._ssl:
+            self._in.write(raw)
+        data = self._decrypt()
+        if data is None:
+            return b""
+        if not data:
+            raise _WantRead("partial TLS record")
+        return data
+
+    def _decrypt(self) -> Optional[bytes]:
+        """Decrypted bytes available now (b"" if none), or None after the client's close_notify."""
+        parts: List[bytes] = []
+        eof = False
+        with self._ssl:
+            while True:
+                try:
+                    part = self._obj.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    eof = True
+                    break
+                if not part:
+                    eof = True
+                    break
+                parts.append(part)
+            pending_out = self._out.pending
+        if pending_out:
+            self._flush_out()
+        if eof and not parts:
+            return None
+        return b"".join(parts)
+
+    def _flush_out(self) -> None:
+        with self._send:
+            with self._ssl:
+                out = self._out.read()
+            if out:
+                self.raw.sendall(out)
+
+    def sendall(self, data: bytes) -> None:
+        with self._send:
+            with self._ssl:
+                if self._records is None:
+                    self._obj.write(data)
+                else:
+                    view = memoryview(data)
+                    while view:
+                        n = self._rng.randint(*self._records)
+                        self._obj.write(view[:n])
+                        view = view[n:]
+                out = self._out.read()
+            self.raw.sendall(out)
+
+    def shutdown(self, how: int) -> None:
+        if how == socket.SHUT_WR:
+            try:  # a TLS close_notify before the FIN, as a well-behaved server sends it
+                with self._send:
+                    with self._ssl:
+                        try:
+                            self._obj.unwrap()
+                        except ssl.SSLError:
+                            pass
+                        out = self._out.read()
+                    if out:
+                        self.raw.sendall(out)
+            except OSError:
+                pass
+        self.raw.shutdown(how)
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def settimeout(self, value: Optional[float]) -> None:
+        self.raw.settimeout(value)
+
+    def setsockopt(self, *args: Any) -> None:
+        self.raw.setsockopt(*args)
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 class FakeSession:
@@ -233,6 +393,20 @@ class ServerConnection:
         """Send op 9 with ``d = resumable``."""
         return self.send_op(9, bool(resumable))
 
+    def encode(self, payload: Dict[str, Any]) -> bytes:
+        """The wire bytes :meth:`send` would write for ``payload`` (frames, compressed per
+        :attr:`compress`), without writing them. With compression the stream state advances: the
+        bytes must then be sent with :meth:`send_bytes`, in order, before anything else is sent."""
+        with self._write_lock:
+            return self._encode_payload(_dumps(payload))
+
+    def send_bytes(self, data: bytes) -> bool:
+        """Write ``data`` to the connection as it is: no framing, no compression (one TLS record over
+        ``wss://`` unless the gateway cuts records). With :meth:`encode` a test controls exactly where
+        the bytes of its frames are cut and when the rest follows."""
+        with self._write_lock:
+            return self._write(bytes(data))
+
     def send_raw(self, data: Union[str, bytes]) -> bool:
         """Send one text (str) or binary (bytes) frame exactly as given, bypassing compression."""
         if isinstance(data, str):
@@ -368,7 +542,15 @@ class FakeGateway:
         token: Optional[str] = None,
         resume_gateway_url: Optional[str] = None,
         user: Optional[Dict[str, Any]] = None,
+        tls: bool = False,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        trickle: Optional[Trickle] = None,
     ) -> None:
+        """``tls=True``: serve ``wss://`` and ``https://`` with the test certificate (see
+        :meth:`client_ssl_context`); ``ssl_context``: serve TLS with this server context instead.
+        ``trickle``: clients reach the gateway through a :class:`~sync_gateway.testing.Trickle`
+        proxy (:attr:`url`, :attr:`api_base` and READY's ``resume_gateway_url`` name it), and over TLS
+        every write is cut into TLS records of ``trickle.records`` plaintext bytes."""
         self.heartbeat_interval = heartbeat_interval
         self.token = token
         self.resume_gateway_url = resume_gateway_url
@@ -381,10 +563,27 @@ class FakeGateway:
         self.close_reply_delay: Optional[float] = 0.0
         self.split_frames = 1
         self.identify_close_code: Optional[int] = None
+        #: True: an HTTP upgrade request is read but not answered while this stays true (the client
+        #: waits in the websocket handshake; over TLS, after the TLS handshake completed)
+        self.stall_upgrade = False
+
+        self._certs = None
+        if ssl_context is None and tls:
+            self._certs = certificates()
+            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_context.load_cert_chain(self._certs.cert_file, self._certs.key_file)
+            if hasattr(ssl_context, "num_tickets"):
+                ssl_context.num_tickets = 0  # no session tickets: nothing is written after the handshake
+        self._ssl_context = ssl_context
+        self.trickle = trickle
 
         self._listener = socket.create_server((host, port))
+        #: where the listening socket is (behind the trickle proxy, if any: see :attr:`url`)
         self.host: str = self._listener.getsockname()[0]
         self.port: int = self._listener.getsockname()[1]
+        self._front: Optional[FreezingProxy] = None
+        if trickle is not None:
+            self._front = FreezingProxy(self.host, self.port, host, trickle=trickle, scheme=self._scheme("ws"))
         self.gateway_bot: Dict[str, Any] = {
             "url": self.url,
             "shards": 1,
@@ -403,17 +602,49 @@ class FakeGateway:
         self._started = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._accepted = 0
+        self._held_requests = 0
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
+    def tls(self) -> bool:
+        """Whether the gateway serves ``wss://``."""
+        return self._ssl_context is not None
+
+    def _scheme(self, plain: str) -> str:
+        return plain + "s" if self._ssl_context is not None else plain
+
+    @property
     def url(self) -> str:
-        """``ws://HOST:PORT/``; clients append ``?v=10&encoding=json[&compress=...]``."""
-        return f"ws://{self.host}:{self.port}/"
+        """``ws://HOST:PORT/`` (``wss://`` with TLS; the trickle proxy's port with ``trickle=``);
+        clients append ``?v=10&encoding=json[&compress=...]``."""
+        host, port = (self._front.host, self._front.port) if self._front is not None else (self.host, self.port)
+        return f"{self._scheme('ws')}://{host}:{port}/"
 
     @property
     def api_base(self) -> str:
-        return f"http://{self.host}:{self.port}/api/v10"
+        """``http://HOST:PORT/api/v10`` (``https://`` with TLS), the REST routes of the same port."""
+        host, port = (self._front.host, self._front.port) if self._front is not None else (self.host, self.port)
+        return f"{self._scheme('http')}://{host}:{port}/api/v10"
+
+    @property
+    def front_port(self) -> int:
+        """The port clients connect to: the trickle proxy's with ``trickle=``, else ``port`` (the
+        listening socket's)."""
+        return self._front.port if self._front is not None else self.port
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the PEM file of the CA that signed the test certificate (``tls=True`` only), e.g.
+        for ``requests``' ``verify=`` or ``REQUESTS_CA_BUNDLE``."""
+        if self._certs is None:
+            raise RuntimeError("ca_file: this gateway does not serve the test certificate (tls=True)")
+        return self._certs.ca_file
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts the test certificate only, verifying it as a client of
+        Discord would (certificate chain and host name 127.0.0.1 or localhost)."""
+        return ssl.create_default_context(cafile=self.ca_file)
 
     def start(self) -> "FakeGateway":
         """Start accepting connections. Returns self."""
@@ -423,6 +654,8 @@ class FakeGateway:
             if self._stopping.is_set():
                 raise RuntimeError("FakeGateway cannot be restarted after stop()")
             self._started = True
+        if self._front is not None:
+            self._front.start()
         self._spawn(self._accept_loop, f"fake_gateway-accept-{self.port}")
         logger.debug("fake gateway listening on %s", self.url)
         return self
@@ -433,6 +666,8 @@ class FakeGateway:
             self._join()
             return
         self._stopping.set()
+        if self._front is not None:
+            self._front.stop()
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -554,6 +789,29 @@ class FakeGateway:
                 target._send_encoded(encoded)
             return seqs
 
+    def encode_dispatch(self, t: str, d: Any, connection: Optional[ServerConnection] = None) -> Tuple[int, bytes]:
+        """``(seq, wire bytes)`` of a dispatch, logged like :meth:`dispatch` but not sent.
+
+        The caller sends the bytes with :meth:`ServerConnection.send_bytes` on the connection serving
+        the session (``connection``, or :meth:`connection_for` the live session) — cut wherever it
+        likes — and, with compression, before anything else is sent on it. A RESUME replays the event
+        like any other."""
+        with self._lock:
+            session, target = self._route(connection)
+            seq = session._append(t, d)
+            return seq, target.encode({"op": 0, "t": t, "s": seq, "d": d})
+
+    def connection_for(self, connection: Optional[ServerConnection] = None) -> ServerConnection:
+        """The connection :meth:`dispatch` would write to (the one serving the live session)."""
+        with self._lock:
+            return self._route(connection)[1]
+
+    @property
+    def held_requests(self) -> int:
+        """HTTP requests held so far by :attr:`stall_upgrade`."""
+        with self._lock:
+            return self._held_requests
+
     def _route(self, connection: Optional[ServerConnection]) -> Tuple[FakeSession, ServerConnection]:
         if connection is not None:
             if connection.session_id is None:
@@ -587,7 +845,7 @@ class FakeGateway:
                         self._sockets.add(sock)
                         self._accepted += 1
                         n = self._accepted
-                    self._spawn(self._serve_socket, f"fake_gateway-conn-{self.port}-{n}", sock)
+                    self._spawn(self._serve_socket, f"fake_gateway-conn-{self.port}-{n}", sock, n)
         except Exception:
             if not self._stopping.is_set():
                 logger.exception("fake gateway accept loop failed")
@@ -595,13 +853,31 @@ class FakeGateway:
             sel.close()
             self._listener.close()
 
-    def _serve_socket(self, sock: socket.socket) -> None:
+    def _serve_socket(self, raw: socket.socket, n: int) -> None:
         conn: Optional[ServerConnection] = None
+        sock: Any = raw
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(_SEND_TIMEOUT)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.settimeout(_SEND_TIMEOUT)
+            if self._ssl_context is not None:
+                trickle = self.trickle
+                sock = _TLSSocket(
+                    raw,
+                    self._ssl_context,
+                    trickle.records if trickle is not None else None,
+                    random.Random(f"{trickle.seed if trickle is not None else 0}:records:{n}"),
+                )
+                try:
+                    if not sock.handshake(time.monotonic() + _HANDSHAKE_TIMEOUT, self._stopping):
+                        logger.debug("TCP connection %d: no TLS handshake", n)
+                        return
+                except ssl.SSLError as exc:
+                    logger.debug("TCP connection %d: TLS handshake failed: %s", n, exc)
+                    return
             head, rest = self._read_request_head(sock)
             if head is None:
+                return
+            if self.stall_upgrade and not self._hold_request(sock):
                 return
             protocol = ServerProtocol(logger=_ws_logger)
             # Its debug trace prints every request header, Authorization included: never the token.
@@ -644,11 +920,30 @@ class FakeGateway:
                 conn._abort(rst=False)
             else:
                 try:
-                    sock.close()
+                    raw.close()
                 except OSError:
                     pass
             with self._lock:
-                self._sockets.discard(sock)
+                self._sockets.discard(raw)
+
+    def _hold_request(self, sock: Any) -> bool:
+        """:attr:`stall_upgrade`: wait while it holds; False if the client went away or stop() came."""
+        logger.debug("holding an HTTP request (stall_upgrade)")
+        with self._lock:
+            self._held_requests += 1
+        while self.stall_upgrade:
+            if self._stopping.is_set():
+                return False
+            try:
+                if not _select_read(sock, _POLL)[0]:
+                    continue
+                if not sock.recv(65536):
+                    return False  # the client closed; what else it sends is not looked at
+            except socket.timeout:
+                continue
+            except (OSError, ValueError):
+                return False
+        return True
 
     def _read_request_head(self, sock: socket.socket) -> Tuple[Optional[bytes], bytes]:
         buf = b""

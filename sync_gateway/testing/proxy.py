@@ -7,6 +7,19 @@ reading even while frozen, so it notices at once (same select() round) when eith
 resets, and then closes the other side; ``live`` therefore drops as soon as the client hard-closes a
 frozen socket.
 
+Two more ways a real network path differs from loopback, for the production path in the tests:
+
+* :class:`Trickle` (``FreezingProxy(..., trickle=Trickle(seed=1))``): the server's bytes reach the
+  client in small pieces with pauses, and the last bytes of every burst are held back a while — what
+  TLS records and real networks deliver. A reader that waits for bytes that have not arrived before it
+  hands over a frame that is complete shows up as a delay of the hold; a reader that mis-parses a
+  frame split anywhere shows up as garbage. The piece sizes and pauses come from a
+  ``random.Random`` seeded with ``(seed, connection number)``, so a run is reproducible byte-for-byte
+  as far as the proxy decides (how the OS coalesces what it sends is not ours to decide).
+* :attr:`FreezingProxy.stall_new`: connections accepted get no upstream at all; whatever the client
+  sends is read and thrown away and nothing ever comes back. For ``wss://`` that is a server that
+  accepted TCP and stalls the TLS handshake (the ClientHello is never answered).
+
 One ``selectors`` thread (``fake_gateway-proxy-PORT``, daemon) does all I/O. Commands from the test
 thread (freeze, drop) are queued, the thread is woken through a socket pair, and the caller waits
 until the command was applied, so the effect is in place when the method returns.
@@ -14,7 +27,9 @@ until the command was applied, so the effect is in place when the method returns
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import random
 import selectors
 import socket
 import struct
@@ -22,7 +37,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-__all__ = ["FreezingProxy"]
+__all__ = ["FreezingProxy", "Trickle"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +46,77 @@ _FLUSH_TIMEOUT = 0.5
 _COMMAND_TIMEOUT = 5.0
 
 
-class _Pair:
-    """One proxied connection: the accepted client socket and our socket to the target."""
+@dataclasses.dataclass(frozen=True)
+class Trickle:
+    """How the server->client direction is delivered in pieces (see the module docstring).
 
-    def __init__(self, index: int, client: socket.socket, upstream: socket.socket, frozen: bool) -> None:
+    Every piece is ``chunk`` bytes (inclusive range, drawn per piece) and is followed by a pause drawn
+    from ``pause`` seconds. When a burst (the bytes queued since the queue was last empty) is down to
+    its last ``hold_bytes`` bytes, those wait ``hold`` seconds (drawn per burst) before they go.
+    ``records`` is read by :class:`~sync_gateway.testing.FakeGateway` only: over ``wss://`` it writes
+    each message as TLS records of that many plaintext bytes, so the client's TLS layer hands the
+    reader the plaintext in those pieces (the proxy alone cannot split plaintext it cannot see).
+    """
+
+    seed: int = 0
+    chunk: Tuple[int, int] = (1, 7)
+    pause: Tuple[float, float] = (0.0, 0.002)
+    hold_bytes: int = 3
+    hold: Tuple[float, float] = (0.05, 0.2)
+    records: Tuple[int, int] = (1, 7)
+
+    def __post_init__(self) -> None:
+        for name in ("chunk", "records"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"Trickle.{name} must be (lo, hi) with 1 <= lo <= hi")
+        for name in ("pause", "hold"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"Trickle.{name} must be (lo, hi) seconds with 0 <= lo <= hi")
+        if self.hold_bytes < 0:
+            raise ValueError("Trickle.hold_bytes must be >= 0")
+
+    def rng(self, index: int) -> random.Random:
+        """The random source for connection number ``index`` (reproducible per seed and index)."""
+        return random.Random(f"{self.seed}:{index}")
+
+
+class _Pair:
+    """One proxied connection: the accepted client socket and our socket to the target (None when
+    the connection is stalled: nothing is forwarded either way)."""
+
+    def __init__(
+        self,
+        index: int,
+        client: socket.socket,
+        upstream: Optional[socket.socket],
+        frozen: bool,
+        trickle: Optional[Trickle],
+    ) -> None:
         self.index = index
         self.client = client
         self.upstream = upstream
         self.frozen = frozen
         self.closed = False
         # bytes waiting to be written to each socket
-        self.pending: Dict[socket.socket, bytearray] = {client: bytearray(), upstream: bytearray()}
+        self.pending: Dict[socket.socket, bytearray] = {client: bytearray()}
+        if upstream is not None:
+            self.pending[upstream] = bytearray()
+        # trickle state (server->client): bytes not yet cut into pieces, when the next piece is due,
+        # whether the current burst was held already, whether the server has closed its side
+        self.trickle = trickle
+        self.rng = trickle.rng(index) if trickle is not None else None
+        self.queue = bytearray()
+        self.due: Optional[float] = None
+        self.held = False
+        self.upstream_eof = False
 
-    def other(self, sock: socket.socket) -> socket.socket:
+    @property
+    def sockets(self) -> Tuple[socket.socket, ...]:
+        return (self.client,) if self.upstream is None else (self.client, self.upstream)
+
+    def other(self, sock: socket.socket) -> Optional[socket.socket]:
         return self.upstream if sock is self.client else self.client
 
 
@@ -55,11 +128,30 @@ class FreezingProxy:
     :meth:`start`.
     """
 
-    def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        trickle: Optional[Trickle] = None,
+        scheme: str = "ws",
+    ) -> None:
+        if scheme not in ("ws", "wss", "http", "https"):
+            raise ValueError(f"scheme must be ws, wss, http or https, not {scheme!r}")
         self.target_host = target_host
         self.target_port = target_port
+        #: how server->client bytes are delivered; None: at once, as they come
+        self.trickle = trickle
+        #: scheme of :attr:`url`: ``wss`` in front of a TLS server (the proxy itself only sees TCP)
+        self.scheme = scheme
         #: True: connections accepted from now on start frozen
         self.freeze_new = False
+        #: True: connections accepted from now on are never connected to the target: the client's
+        #: bytes are read and thrown away and nothing ever comes back (a stalled TLS handshake for
+        #: ``wss://``); they stay live until the client closes them or :meth:`drop`/:meth:`stop`
+        self.stall_new = False
         self._listener = socket.create_server((host, port))
         self._listener.setblocking(False)
         self.host: str = self._listener.getsockname()[0]
@@ -70,6 +162,7 @@ class FreezingProxy:
         self._live = 0
         self._max_live = 0
         self._total = 0
+        self._from_clients = 0
         self._commands: Deque[Tuple[Callable[[], None], threading.Event]] = collections.deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -81,7 +174,7 @@ class FreezingProxy:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}/"
+        return f"{self.scheme}://{self.host}:{self.port}/"
 
     @property
     def live(self) -> int:
@@ -100,6 +193,13 @@ class FreezingProxy:
         """Connections accepted so far (never reset)."""
         with self._lock:
             return self._total
+
+    @property
+    def bytes_from_clients(self) -> int:
+        """Bytes received from clients so far, forwarded or not (e.g. a ClientHello a stalled
+        connection swallowed: proof that the client is in its TLS handshake)."""
+        with self._lock:
+            return self._from_clients
 
     def reset_stats(self) -> None:
         """Set :attr:`max_live` back to the current :attr:`live` count."""
@@ -155,6 +255,7 @@ class FreezingProxy:
         def apply() -> None:
             for pair in self._pairs:
                 pair.frozen = True
+                pair.queue.clear()
                 for buf in pair.pending.values():
                     buf.clear()
                 self._update_interest(pair)
@@ -196,9 +297,10 @@ class FreezingProxy:
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
             while not self._stopping.is_set():
-                events = sel.select()
+                events = sel.select(self._next_timeout())
                 listener_ready = self._handle(events)
                 self._run_commands()
+                self._pump()
                 if listener_ready and not self._stopping.is_set():
                     # Close events first: a client that hard-closed its old socket and connected a new
                     # one must never be counted twice. Re-poll the sockets at once before accepting.
@@ -216,6 +318,55 @@ class FreezingProxy:
                 for _fn, done in self._commands:
                     done.set()
                 self._commands.clear()
+
+    def _next_timeout(self) -> Optional[float]:
+        """Seconds until the next trickled piece is due (None: nothing scheduled)."""
+        dues = [p.due for p in self._pairs if p.due is not None]
+        if not dues:
+            return None
+        return max(0.0, min(dues) - time.monotonic())
+
+    def _pump(self) -> None:
+        """Send every trickled piece that is due; close pairs whose server side ended and drained."""
+        now = time.monotonic()
+        for pair in list(self._pairs):
+            if pair.closed or pair.due is None or pair.due > now:
+                continue
+            if pair.pending[pair.client]:
+                pair.due = now + 0.001  # the last piece is not out yet (client slow): look again soon
+                continue
+            self._send_piece(pair, now)
+
+    def _send_piece(self, pair: _Pair, now: float) -> None:
+        trickle, rng, queue = pair.trickle, pair.rng, pair.queue
+        assert trickle is not None and rng is not None
+        if pair.frozen:
+            queue.clear()
+        if not queue:
+            pair.due = None
+            pair.held = False
+            if pair.upstream_eof:
+                self._close_pair(pair, rst=False)
+            return
+        n = rng.randint(*trickle.chunk)
+        if trickle.hold_bytes and not pair.held and len(queue) - n < trickle.hold_bytes:
+            # the burst's last bytes: send up to them, then hold them back a while
+            n = len(queue) - trickle.hold_bytes
+            if n <= 0:
+                pair.held = True
+                pair.due = now + rng.uniform(*trickle.hold)
+                return
+        piece = bytes(queue[:n])
+        del queue[:n]
+        pair.pending[pair.client] += piece
+        self._flush(pair, pair.client)
+        if pair.closed:
+            return
+        if not queue and not pair.upstream_eof:
+            pair.due = None
+            pair.held = False
+            return
+        pair.due = now + rng.uniform(*trickle.pause)
 
     def _run_commands(self) -> None:
         while True:
@@ -265,13 +416,31 @@ class FreezingProxy:
             return
         if not data:
             logger.debug("proxy #%d: EOF from %s side", pair.index, self._side(pair, sock))
-            if not pair.frozen:
-                self._flush_blocking(pair, pair.other(sock))
+            if pair.trickle is not None and sock is pair.upstream and not pair.frozen and pair.queue:
+                # the server is done, but what it sent still trickles out before we close
+                pair.upstream_eof = True
+                if self._sel is not None:
+                    try:
+                        self._sel.unregister(sock)
+                    except (KeyError, ValueError):
+                        pass
+                return
+            dest = pair.other(sock)
+            if not pair.frozen and dest is not None:
+                self._flush_blocking(pair, dest)
             self._close_pair(pair, rst=False)
             return
-        if pair.frozen:
-            return  # read and thrown away
+        if sock is pair.client:
+            with self._lock:
+                self._from_clients += len(data)
         dest = pair.other(sock)
+        if pair.frozen or dest is None:
+            return  # read and thrown away
+        if pair.trickle is not None and dest is pair.client:
+            pair.queue += data
+            if pair.due is None:
+                pair.due = time.monotonic()
+            return
         pair.pending[dest] += data
         self._flush(pair, dest)
 
@@ -308,7 +477,9 @@ class FreezingProxy:
         only while bytes wait. No back-pressure: test traffic is small."""
         if pair.closed or self._sel is None:
             return
-        for sock in (pair.client, pair.upstream):
+        for sock in pair.sockets:
+            if sock is pair.upstream and pair.upstream_eof:
+                continue
             events = selectors.EVENT_READ
             if pair.pending[sock]:
                 events |= selectors.EVENT_WRITE
@@ -325,35 +496,43 @@ class FreezingProxy:
                 return
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection((self.target_host, self.target_port), timeout=_CONNECT_TIMEOUT)
-            except OSError as exc:
-                logger.debug("proxy: cannot reach target: %s", exc)
-                with self._cond:
-                    self._total += 1
-                    self._cond.notify_all()
-                client.close()
-                continue
-            for s in (client, upstream):
-                s.setblocking(False)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            upstream: Optional[socket.socket] = None
+            stalled = self.stall_new
+            if not stalled:
+                try:
+                    upstream = socket.create_connection(
+                        (self.target_host, self.target_port), timeout=_CONNECT_TIMEOUT
+                    )
+                except OSError as exc:
+                    logger.debug("proxy: cannot reach target: %s", exc)
+                    with self._cond:
+                        self._total += 1
+                        self._cond.notify_all()
+                    client.close()
+                    continue
             with self._cond:
                 self._total += 1
-                pair = _Pair(self._total, client, upstream, self.freeze_new)
+                pair = _Pair(self._total, client, upstream, self.freeze_new, self.trickle)
                 self._pairs.append(pair)
                 self._live += 1
                 self._max_live = max(self._max_live, self._live)
                 self._cond.notify_all()
+            for s in pair.sockets:
+                s.setblocking(False)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             assert self._sel is not None
-            self._sel.register(client, selectors.EVENT_READ, pair)
-            self._sel.register(upstream, selectors.EVENT_READ, pair)
-            logger.debug("proxy #%d: accepted%s", pair.index, " (frozen)" if pair.frozen else "")
+            for s in pair.sockets:
+                self._sel.register(s, selectors.EVENT_READ, pair)
+            logger.debug(
+                "proxy #%d: accepted%s", pair.index, " (stalled)" if stalled else " (frozen)" if pair.frozen else ""
+            )
 
     def _close_pair(self, pair: _Pair, rst: bool) -> None:
         if pair.closed:
             return
         pair.closed = True
-        for sock in (pair.client, pair.upstream):
+        pair.due = None
+        for sock in pair.sockets:
             if self._sel is not None:
                 try:
                     self._sel.unregister(sock)
