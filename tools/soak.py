@@ -40,12 +40,22 @@ def run(
     seed: Optional[int] = None,
     rate: float = RATE,
     on_fault: Optional[Callable[[str, FaultResult], None]] = None,
+    tls: bool = False,
+    trickle: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Soak for *seconds* and return the ledger's summary (plus ``passed`` and ``seed``)."""
     if seed is None:
         seed = random.SystemRandom().randrange(1 << 31)
     stop = threading.Event()
+    pieces = None
+    if trickle is not None:
+        from sync_gateway.testing.proxy import Trickle
+
+        pieces = Trickle(seed=trickle, chunk=(1, 64), pause=(0.0, 0.001), hold_bytes=3, hold=(0.005, 0.05),
+                         records=(1, 64))
     with ChaosRig(
+        tls=tls,
+        trickle=pieces,
         config=chaos_config(),
         heartbeat_interval=1000,
         rate=rate,
@@ -62,6 +72,7 @@ def run(
     summary["seed"] = seed
     summary["every"] = every
     summary["seconds"] = seconds
+    summary["transport"] = ("wss" if tls else "ws") + ("" if trickle is None else f" + trickle (seed {trickle})")
     summary["passed"] = passed(summary)
     return summary
 
@@ -72,7 +83,10 @@ def passed(summary: Dict[str, Any]) -> bool:
 
 def format_table(summary: Dict[str, Any]) -> str:
     lines: List[str] = []
-    lines.append(f"soak: {summary['seconds']:g}s, a fault every ~{summary['every']:g}s, seed {summary['seed']}")
+    lines.append(
+        f"soak: {summary['seconds']:g}s, a fault every ~{summary['every']:g}s, seed {summary['seed']}, "
+        f"over {summary.get('transport', 'ws')}"
+    )
     lines.append("")
     lines.append(f"  {'fault':<20} {'injected':>8} {'recovered':>9} {'unexpected':>10}")
     for kind, c in summary["faults"].items():
@@ -112,12 +126,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault sequence (default: random)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="log faults and reconnects to stderr")
+    parser.add_argument("--tls", action="store_true", help="over wss:// with a test certificate (default: ws://)")
+    parser.add_argument(
+        "--trickle", type=int, default=None, metavar="SEED",
+        help="deliver the server's bytes in pieces (1-64 byte TLS records and chunks, bursts held at their "
+        "end) with this seed (default: whole writes)",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.every <= 0:
         parser.error("--minutes and --every must be > 0")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run(args.minutes * 60.0, every=args.every, seed=args.seed)
+    summary = run(args.minutes * 60.0, every=args.every, seed=args.seed, tls=args.tls, trickle=args.trickle)
     if args.json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     else:

@@ -1271,15 +1271,21 @@ class ChaosRig:
         identify_interval: float = 0.0,
         on_fault: Optional[Callable[[str, FaultResult], None]] = None,
         on_lifecycle: Optional[Callable[[Any], None]] = None,
+        tls: bool = False,
+        trickle: Optional[Any] = None,
     ) -> None:
         from .. import GatewayClient, MemoryIdentifyGate
         from .fake_gateway import FakeGateway
         from .proxy import FreezingProxy
 
         self.config = config if config is not None else chaos_config()
-        self.gateway = FakeGateway(heartbeat_interval=heartbeat_interval, token=RIG_TOKEN)
+        # tls: the production path (wss://, the test certificate); trickle: a Trickle that delivers
+        # the server's bytes in pieces (TLS records of a few bytes, bursts held back at their end).
+        self.gateway = FakeGateway(heartbeat_interval=heartbeat_interval, token=RIG_TOKEN, tls=tls, trickle=trickle)
         try:
-            self.proxy = FreezingProxy("127.0.0.1", self.gateway.port) if use_proxy else None
+            self.proxy = (
+                FreezingProxy("127.0.0.1", self.gateway.front_port, scheme="wss" if tls else "ws") if use_proxy else None
+            )
         except BaseException:
             self.gateway.stop()  # closes its bound listener
             raise
@@ -1293,6 +1299,7 @@ class ChaosRig:
             compress=compress,
             config=self.config,
             identify_gate=MemoryIdentifyGate(interval=identify_interval, margin=0.0),
+            ssl_context=self.gateway.client_ssl_context() if tls else None,
             _connection_factory=self.stuck.factory if self.stuck is not None else None,
         )
         self.ledger = Ledger(self.gateway, self.proxy)
