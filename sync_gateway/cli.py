@@ -325,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"give up (exit 2) if the API has not answered GET /gateway/bot within S seconds "
         f"(default {DEFAULT_REST_TIMEOUT:g})",
     )
+    _proxy_option(p)
     p.add_argument(
         "--compress", choices=COMPRESS_CHOICES, default="zlib-stream",
         help="transport compression: zlib-stream, zstd-stream (needs the 'zstd' extra) or none "
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=DEFAULT_REST_TIMEOUT, metavar="S",
         help=f"seconds to wait for each HTTP request (default {DEFAULT_REST_TIMEOUT:g})",
     )
+    _proxy_option(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser(
@@ -408,6 +410,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fake_gateway)
     _add_send_parser(sub, verbose)
     return parser
+
+
+def _proxy_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proxy", default=None, metavar="URL",
+        help="an HTTP proxy for the gateway (HTTP CONNECT) and REST, http://[user:pass@]host:port; "
+        "HTTPS_PROXY is not read (default: connect directly)",
+    )
+
+
+def _proxies(args: argparse.Namespace) -> Optional[Dict[str, str]]:
+    """requests' ``proxies=`` for ``--proxy`` (checked like the client checks it)."""
+    if not getattr(args, "proxy", None):
+        return None
+    from .connection import Proxy
+    from .errors import ConfigError
+
+    try:
+        proxy = Proxy(args.proxy)
+    except ConfigError as exc:
+        raise _UsageError(f"--proxy: {exc}") from None
+    return {"http": proxy.url, "https": proxy.url}
 
 
 def _token_options(p: argparse.ArgumentParser) -> None:
@@ -702,7 +726,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     try:
         api_base = _check_api_base(args.api_base)
         token = read_token(args.token_file)
-        rest = RestClient(token, api_base, timeout=args.timeout, max_retries=1, retry_base=0.2, retry_max=1.0)
+        rest = RestClient(token, api_base, timeout=args.timeout, max_retries=1, retry_base=0.2, retry_max=1.0,
+                          proxies=_proxies(args))
     except _UsageError as exc:
         return fail("usage", str(exc), EXIT_USAGE)
     except ConfigError as exc:
@@ -857,7 +882,7 @@ class LifecycleView:
         return text
 
 
-def _discover(token: str, api_base: str, timeout: float) -> Dict[str, Any]:
+def _discover(token: str, api_base: str, timeout: float, proxies: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """``GET /gateway/bot`` within *timeout* seconds in all (a 5xx is retried while time is left)."""
     from .errors import HTTPError
     from .rest import RestClient
@@ -866,7 +891,7 @@ def _discover(token: str, api_base: str, timeout: float) -> Dict[str, Any]:
     pause = threading.Event()  # never set: paces a retry, synchronises nothing
     while True:
         left = max(0.1, deadline - time.monotonic())
-        with RestClient(token, api_base, timeout=left, max_retries=0, max_ratelimit_wait=left) as rest:
+        with RestClient(token, api_base, timeout=left, max_retries=0, max_ratelimit_wait=left, proxies=proxies) as rest:
             try:
                 return rest.get_gateway_bot()
             except HTTPError as exc:
@@ -894,12 +919,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if gateway_url is None:
             if not args.quiet:
                 _note(f"asking {api_base} for the gateway URL (GET /gateway/bot, timeout {args.timeout:g}s)...")
-            info = _discover(token, api_base, args.timeout)
+            info = _discover(token, api_base, args.timeout, _proxies(args))
             gateway_url = info["url"]
             # The client reads the session-start limit from api_base itself at start() (bounded),
             # into the IDENTIFY gate it binds to this bot.
         client = GatewayClient(
-            token, intents, gateway_url=gateway_url, api_base=api_base, config=config, compress=compress
+            token, intents, gateway_url=gateway_url, api_base=api_base, config=config, compress=compress,
+            proxy=args.proxy
         )
     except ConfigError as exc:
         raise _UsageError(str(exc)) from None
@@ -1241,6 +1267,7 @@ def _add_send_parser(sub: Any, verbose: argparse.ArgumentParser) -> None:
         help=f"REST base URL (default {DEFAULT_API_BASE})",
     )
     p.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per HTTP request (default 10)")
+    _proxy_option(p)
     p.set_defaults(func=cmd_send)
 
 
@@ -1260,7 +1287,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise _UsageError("TEXT is empty: Discord does not send empty messages")
     token = read_token(args.token_file)
     try:
-        rest = RestClient(token, args.api_base, timeout=args.timeout, max_retries=2, retry_base=0.5, retry_max=2.0)
+        rest = RestClient(token, args.api_base, timeout=args.timeout, max_retries=2, retry_base=0.5, retry_max=2.0,
+                          proxies=_proxies(args))
     except ConfigError as exc:
         raise _UsageError(str(exc)) from None
     try:

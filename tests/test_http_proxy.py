@@ -176,3 +176,40 @@ def test_proxy_settings_are_checked_and_the_environment_only_on_request(monkeypa
     assert found is not None and found.port == 3128
     monkeypatch.setenv("NO_PROXY", "discord.gg")
     assert resolve_proxy(None, True, "wss://gateway.discord.gg/") is None
+
+
+def _cli(*args, env_token=TOKEN, timeout=60):
+    import sys
+
+    env = dict(os.environ, DISCORD_TOKEN=env_token)
+    return subprocess.run([sys.executable, "-m", "sync_gateway", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@needs_tinyproxy
+def test_probe_and_tail_take_a_proxy(tinyproxy):
+    import signal
+    import sys
+
+    with FakeGateway(token=TOKEN) as gw:
+        done = _cli("probe", "--api-base", gw.api_base, "--proxy", tinyproxy.url())
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "/api/v10/users/@me" in tinyproxy.logged()
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "sync_gateway", "tail", "--gateway-url", gw.url, "--api-base", gw.api_base,
+             "--proxy", tinyproxy.url()],
+            env=dict(os.environ, DISCORD_TOKEN=TOKEN), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert gw.wait_for_connections(1, timeout=20).ready.wait(20)
+            assert f"CONNECT 127.0.0.1:{gw.port}" in tinyproxy.logged()
+        finally:
+            tail.send_signal(signal.SIGINT)
+            out, err = tail.communicate(timeout=30)
+        assert tail.returncode == 130, err
+
+
+def test_a_bad_proxy_is_a_usage_error_that_hides_the_password():
+    done = _cli("send", "123", "hi", "--proxy", "socks5://bob:hunter2@127.0.0.1:1080")
+    assert done.returncode == 2
+    assert "hunter2" not in done.stdout + done.stderr and "--proxy" in done.stderr
