@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 import zlib
-from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Generator, List, Optional, Set, Tuple, Union
 from urllib.parse import parse_qsl, urlsplit
 
 from websockets.datastructures import Headers
@@ -60,7 +60,13 @@ __all__ = ["FakeGateway", "FakeSession", "ServerConnection"]
 logger = logging.getLogger(__name__)
 
 
-class _QuietAdapter(logging.LoggerAdapter):
+if TYPE_CHECKING:  # subscriptable at run time only from Python 3.11
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _QuietAdapter(_LoggerAdapter):
     """websockets' sans-I/O layer logs every connection at INFO; for a test double that is DEBUG."""
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
@@ -596,7 +602,7 @@ class FakeGateway:
         self._connections: List[ServerConnection] = []
         self._sessions: Dict[str, FakeSession] = {}
         self._rest_requests: List[Tuple[str, str, Dict[str, str]]] = []
-        self._sockets: set = set()  # every accepted TCP socket not yet closed (HTTP or websocket)
+        self._sockets: Set[socket.socket] = set()  # every accepted TCP socket not yet closed (HTTP or websocket)
         self._threads: List[threading.Thread] = []
         self._stopping = threading.Event()
         self._started = False
@@ -1084,7 +1090,7 @@ class FakeGateway:
         with self._lock:
             session = FakeSession(uuid.uuid4().hex, conn)
             self._sessions[session.session_id] = session
-            ready = {
+            ready: Dict[str, Any] = {
                 "v": 10,
                 "user": self.user,
                 "guilds": [],
@@ -1334,5 +1340,5 @@ class _ConnectionRunner:
         self.gw._handle_payload(conn, payload)
 
 
-def _select_read(sock: socket.socket, timeout: float) -> Tuple[list, list, list]:
+def _select_read(sock: socket.socket, timeout: float) -> Tuple[List[Any], List[Any], List[Any]]:
     return select.select([sock], [], [], timeout)
