@@ -5,6 +5,10 @@
 
 What it measures, in one run:
 
+* **Decode limit** (rows "(L)"): the same frames, built by the same encoder, zlib-inflated and
+  JSON-decoded from memory in one thread (``json.loads`` and ``orjson.loads``): no socket, no
+  framing, no threads. Every row's "x limit" is its events/s over the limit row of its JSON
+  library (the floor and discord.py against json's): how much of a client's time is not decoding.
 * **Throughput**: N (default 50,000; ``--quick`` 5,000) ~750-byte MESSAGE_CREATE dispatches over
   loopback, zlib-stream and uncompressed, for (a) the floor — websocket-client ``recv_data`` +
   one ``zlib.decompressobj`` (buffer until ``00 00 ff ff``) + ``json.loads``, with
@@ -90,6 +94,8 @@ APPLICATION = {
 }
 
 RUNNER_LABELS = {
+    "limit-json": "(L) decode limit, json",
+    "limit-orjson": "(L) decode limit, orjson",
     "floor": "(a) websocket-client floor",
     "sg-json": "(b) GatewayClient, json",
     "sg-orjson": "(b) GatewayClient, orjson",
@@ -594,6 +600,41 @@ def run_floor(url: str, compress: Optional[str], n: int) -> Dict[str, Any]:
     return result
 
 
+def run_decode_limit(compress: Optional[str], n: int, loads_name: str) -> Dict[str, Any]:
+    """The decode limit: the very frames the server sends (built here by the same encoder, one zlib
+    context), inflated and decoded from memory in one thread, with no socket, framing or threads.
+    No client can beat it: each client's ratio to it says how much of its time is not decoding."""
+    if loads_name == "orjson":
+        import orjson
+
+        loads: Callable[[Any], Any] = orjson.loads
+    else:
+        loads = json.loads
+    source = EventSource()
+    enc = FrameEncoder(compress)
+    bodies: List[bytes] = []
+    for seq in range(2, n + 2):
+        payload = source.payload(seq)
+        if enc._z is not None:
+            bodies.append(enc._z.compress(payload) + enc._z.flush(zlib.Z_SYNC_FLUSH))
+        else:
+            bodies.append(payload)
+    counter = Counter(n)
+    hit = counter.hit
+    gc.collect()
+    cpu0 = time.process_time()
+    if compress is not None:
+        inflate = zlib.decompressobj().decompress
+        for body in bodies:
+            if loads(inflate(body)).get("t") == "MESSAGE_CREATE":
+                hit()
+    else:
+        for body in bodies:
+            if loads(body).get("t") == "MESSAGE_CREATE":
+                hit()
+    return counter.result(cpu0)
+
+
 def _sg_client(url: str, compress: Optional[str], loads_name: Optional[str]):
     from sync_gateway import GatewayClient, MemoryIdentifyGate, codec
 
@@ -782,7 +823,9 @@ def worker_main(argv: List[str]) -> None:
     p.add_argument("--seconds", type=float, default=0.0)
     a = p.parse_args(argv)
     compress = None if a.compress == "none" else a.compress
-    if a.runner == "floor":
+    if a.runner.startswith("limit-"):
+        result = run_decode_limit(compress, a.events, a.runner[len("limit-"):])
+    elif a.runner == "floor":
         result = run_floor(a.url, compress, a.events)
     elif a.runner == "sg-json":
         result = run_sync_gateway(a.url, compress, a.events, "json")
@@ -904,6 +947,8 @@ def bench_throughput(server_port: int, n: int, runs: int, runners: List[str], no
     for row in rows:
         same = {r["runner"]: r for r in rows if r["compress"] == row["compress"]}
         row["vs_floor"] = row["events_per_s"] / same["floor"]["events_per_s"]
+        limit = same.get("limit-orjson" if row["runner"].endswith("orjson") else "limit-json")
+        row["vs_limit"] = row["events_per_s"] / limit["events_per_s"] if limit else None
         d = same.get("discord.py")
         row["vs_discord_py"] = row["events_per_s"] / d["events_per_s"] if d else None
     return rows
@@ -1071,14 +1116,15 @@ def render(report: Dict[str, Any]) -> str:
         f"median of {b['runs']} run(s); Python {b['python']} on {b['platform']}, {b['cpus']} CPU(s)",
         f"stream: {report['server']['kind']}",
         "",
-        f"{'throughput':<30} {'compress':<12} {'events/s':>9} {'(min-max)':>13} {'x floor':>8} {'x d.py':>7} {'CPU s':>7} "
+        f"{'throughput':<30} {'compress':<12} {'events/s':>9} {'(min-max)':>13} {'x limit':>8} {'x floor':>8} {'x d.py':>7} {'CPU s':>7} "
         f"{'CPU us/ev':>9} {'peak RSS MB':>11} {'threads':>7}",
     ]
     for r in report["throughput"]:
         runs = r["runs_events_per_s"]
         spread = f"{min(runs) / 1000:.1f}-{max(runs) / 1000:.1f}k" if len(runs) > 1 else ""
         lines.append(
-            f"{r['label']:<30} {r['compress']:<12} {_fmt_int(r['events_per_s']):>9} {spread:>13} {_fmt(r['vs_floor']):>8} "
+            f"{r['label']:<30} {r['compress']:<12} {_fmt_int(r['events_per_s']):>9} {spread:>13} {_fmt(r.get('vs_limit')):>8} "
+            f"{_fmt(r['vs_floor']):>8} "
             f"{_fmt(r['vs_discord_py']):>7} {_fmt(r['cpu_s']):>7} {_fmt(r['cpu_us_per_event'], 1):>9} "
             f"{_fmt(r['peak_rss_mb'], 1):>11} {r['threads']:>7}"
         )
@@ -1094,7 +1140,8 @@ def render(report: Dict[str, Any]) -> str:
         "",
         f"ShardedClient, {sh['shards']} shards in one process, zlib-stream, json: {sh['events_per_s']:,.0f} events/s over "
         f"all shards ({sh['events']:,} events), {sh['cpu_s']:.2f} CPU s, peak RSS {sh['peak_rss_mb']:.1f} MB, "
-        f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard",
+        f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard; "
+        f"{_fmt(sh.get('vs_one_shard'))}x one shard's events/s ((b) json, zlib-stream, same run)",
     ]
     lines += [
         "",
@@ -1136,8 +1183,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
     notes: List[str] = []
     skipped: Dict[str, str] = {}
 
-    runners = ["floor", "sg-json"]
+    runners = ["limit-json", "floor", "sg-json"]
     if _orjson_available():
+        runners[1:1] = ["limit-orjson"]
         runners.append("sg-orjson")
     else:
         skipped["sg-orjson"] = "orjson is not installed (pip install 'sync-gateway[speed]')"
@@ -1171,6 +1219,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
         log("4 shards in one process")
         sharded = run_worker("sharded", f"ws://127.0.0.1:{port}/cached/{n}/", _deadline(4 * n) + 60, notes,
                              compress="zlib-stream", events=n)
+        one = [r for r in throughput if r["runner"] == "sg-json" and r["compress"] == "zlib-stream"]
+        sharded["vs_one_shard"] = sharded["events_per_s"] / one[0]["events_per_s"] if one else None
         log("FakeGateway as the feeder")
         feed = bench_fake_gateway_feed(n, notes)
         log(f"RSS over {rss_events:,} events")
