@@ -885,33 +885,17 @@ class ShardMachine:
         return actions + self._after_teardown(now)
 
     def frames(self, epoch: int, payloads: Sequence[Mapping[str, Any]], now: float) -> List[Action]:
-        """Several frames of one socket, in order: the same as :meth:`frame` for each, with the
-        common case — the next dispatch of a live session — taken without the general path."""
+        """Several frames of one socket, in order: exactly :meth:`frame` for each (the same rules,
+        not a restatement: a dispatch goes through :meth:`_on_dispatch` either way), with one
+        actions list for the batch instead of one per frame."""
         actions: List[Action] = []
-        session = self.session
-        shard_id = self.shard_id
+        on_dispatch = self._on_dispatch
         for payload in payloads:
-            sock = self.sock
-            if sock is None or sock.epoch != epoch:
+            s = self.sock
+            if s is None or s.epoch != epoch:
                 self.stale_frames += 1
-                continue
-            seq = payload.get("s")
-            name = payload.get("t")
-            last = session.seq
-            if (
-                payload.get("op") == 0
-                and type(seq) is int
-                and last is not None
-                and seq > last
-                and type(name) is str
-                and name
-                and name != "READY"
-                and name != "RESUMED"
-                and session.session_id is not None
-            ):
-                session.seq = seq
-                self.last_event_at = now
-                actions.append(Deliver(Dispatch(name, payload.get("d"), seq, shard_id, session.session_id)))
+            elif payload.get("op") == Op.DISPATCH:
+                on_dispatch(s, payload, now, actions)
             else:
                 actions += self.frame(epoch, payload, now)
         return actions
@@ -923,7 +907,9 @@ class ShardMachine:
         assert s is not None
         op = payload.get("op")
         if op == Op.DISPATCH:
-            return self._on_dispatch(s, payload, now)
+            actions: List[Action] = []
+            self._on_dispatch(s, payload, now, actions)
+            return actions
         if op == Op.HEARTBEAT_ACK:
             if s.beat_sent_at is not None:
                 self.latency = now - s.beat_sent_at
@@ -1097,45 +1083,51 @@ class ShardMachine:
         s.announced = True
         return [self._event("identifying", now), SendIdentify(s.epoch)]
 
-    def _on_dispatch(self, s: _Socket, payload: Mapping[str, Any], now: float) -> List[Action]:
+    def _on_dispatch(self, s: _Socket, payload: Mapping[str, Any], now: float, out: List[Action]) -> None:
+        """THE rule of a dispatch (op 0), for the per-frame and the batch path alike: appends to
+        *out* what it calls for (the event to deliver, and READY/RESUMED's lifecycle steps).
+
+        The common case (the next event of a live session) runs first and allocates nothing but
+        the :class:`Dispatch` and its :class:`Deliver`: this is the hot path of the whole client.
+        """
         seq = payload.get("s")
         name = payload.get("t")
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            seq = None
-        if name != "READY" and self.session.session_id is None:
+        if seq.__class__ is not int and (isinstance(seq, bool) or not isinstance(seq, int)):
+            seq = None  # a bool, a string, a float: not a seq
+        session = self.session
+        if name != "READY" and session.session_id is None:
             # Discord's first dispatch of a session is READY; anything before it belongs to no
             # session we know, so it cannot be ordered or resumed: not delivered.
             log.warning("shard %d: %s dispatch before READY ignored", self.shard_id, name)
-            return []
+            return
         if seq is not None:
-            last = self.session.seq
+            last = session.seq
             if last is not None and seq <= last and name != "READY":
                 # Invariant 3: each seq at most once, ascending, within a session.
                 self.duplicate_events += 1
                 log.debug("shard %d: duplicate or out-of-order seq %d (last %d) dropped", self.shard_id, seq, last)
-                return []
-            self.session.seq = seq
+                return
+            session.seq = seq
         self.last_event_at = now
         if not isinstance(name, str) or not name:
             log.warning("shard %d: dispatch without an event name (seq %s) ignored", self.shard_id, seq)
-            return []
+            return
         data = payload.get("d")
-        actions: List[Action] = []
         if name == "READY":
             if not isinstance(data, Mapping) or not isinstance(data.get("session_id"), str):
                 log.warning("shard %d: READY without a session_id; reconnecting", self.shard_id)
                 self.last_error = "READY without session_id"
-                return self._retire(now, 4000, "bad READY", graceful=False, failure=True)
-            self.session.session_id = data["session_id"]
-            self.session.seq = seq
+                out += self._retire(now, 4000, "bad READY", graceful=False, failure=True)
+                return
+            session.session_id = data["session_id"]
+            session.seq = seq
             url = data.get("resume_gateway_url")
-            self.session.resume_url = url if isinstance(url, str) and url else None
+            session.resume_url = url if isinstance(url, str) and url else None
             self._failed_resume_urls.clear()
-            actions += self._established(s, "ready", now)
+            out += self._established(s, "ready", now)
         elif name == "RESUMED":
-            actions += self._established(s, "resumed", now)
-        actions.append(Deliver(Dispatch(name, data, seq, self.shard_id, self.session.session_id)))
-        return actions
+            out += self._established(s, "resumed", now)
+        out.append(Deliver(Dispatch(name, data, seq, self.shard_id, session.session_id)))
 
     def _established(self, s: _Socket, kind: str, now: float) -> List[Action]:
         if self.phase is _Phase.READY:
