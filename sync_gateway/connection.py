@@ -261,33 +261,35 @@ class Connection:
         reader = _FrameReader(self, self._initial)
         self._initial = b""
         decoder = self._decoder
-        inflate = decoder.inflate
-        parse = decoder.parse
+        decode_many = decoder.decode_many
         post = self._post
         epoch = self.epoch
         next_frame = reader.next_frame
         take = reader.take
         complete = reader.complete
-        raws: List[Any] = []  # JSON texts of whole messages, not yet parsed and handed over
+        raws: List[Tuple[Any, bool]] = []  # whole messages (body, binary), not yet decoded and handed over
         fragments: List[Any] = []
         fragment_op = 0
         size = 0
 
         def flush() -> None:
-            """Parse the pending messages and hand them over in one batch (a payload that is not
+            """Decode the pending messages and hand them over in one batch (a payload that is not
             a JSON object is reported in its place, between the ones before and after it)."""
-            batch: List[Dict[str, Any]] = []
-            for raw in raws:
-                try:
-                    batch.append(parse(raw))
-                except DecodeError as exc:
-                    if batch:
-                        post(("frames", epoch, batch))
-                        batch = []
-                    post(("bad_frame", epoch, str(exc)))
+            decoded, error = decode_many(raws)
             raws.clear()
+            batch: List[Dict[str, Any]] = []
+            for payload in decoded:
+                if not isinstance(payload, DecodeError):
+                    batch.append(payload)
+                    continue
+                if batch:
+                    post(("frames", epoch, batch) if len(batch) > 1 else ("frame", epoch, batch[0]))
+                    batch = []
+                post(("bad_frame", epoch, str(payload)))
             if batch:
                 post(("frames", epoch, batch) if len(batch) > 1 else ("frame", epoch, batch[0]))
+            if error is not None:
+                raise error
 
         try:
             while True:
@@ -324,14 +326,7 @@ class Connection:
                         continue
                     else:
                         raise websocket.WebSocketProtocolException(f"unknown websocket opcode {opcode}")
-                    try:
-                        raw = inflate(data, opcode == _OP_BINARY)
-                    except DecodeError as exc:
-                        flush()
-                        post(("bad_frame", epoch, str(exc)))
-                        continue
-                    if raw is not None:
-                        raws.append(raw)
+                    raws.append((data, opcode == _OP_BINARY))
         finally:
             if raws:
                 flush()
