@@ -13,6 +13,7 @@ CompressionError without first allocating the whole of it: a few KB of hostile i
 the client allocate hundreds of MB.
 """
 import json
+import json.scanner
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -66,7 +67,7 @@ except ImportError:  # pragma: no cover - depends on the environment
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, ValueError)
 
 
-_scan_json = json.scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner where there is one
 _JSON_LOADS = json.loads
 
 
