@@ -24,6 +24,8 @@ What it measures, in one run:
   ``time.perf_counter()`` into each event just before ``dispatch()`` (so the fake's own JSON and zlib
   work is inside the number).
 * **Idle CPU** of a connected client over 30 s (``--quick``: 5 s).
+* **Idle shards**: RSS and OS threads each added connected idle shard costs (1 shard, then 7 more;
+  ``--quick``: 3), in one process against a FakeGateway.
 * **RSS growth** over 1,000,000 events (``--quick``: 100,000) after a warm-up of 10 %.
 * **Recovery**: op 7 -> RESUMED, and a frozen socket (``FreezingProxy``) + ``reconnect(fresh=True)``
   -> READY, with the default ``LifecycleConfig`` (so the second is bounded below by
@@ -773,6 +775,48 @@ def run_idle(url: str, seconds: float) -> Dict[str, Any]:
     }
 
 
+def run_idle_shards(url: str, added: int) -> Dict[str, Any]:
+    """What one more idle shard costs in a process: RSS and OS threads with one connected shard,
+    then with *added* more (a second ShardedClient on the same FakeGateway), per added shard."""
+    from sync_gateway import MemoryIdentifyGate, ShardedClient
+
+    count = added + 1
+
+    def sharded(ids: List[int]) -> Any:
+        return ShardedClient(
+            TOKEN, gateway_url=url, shard_count=count, shard_ids=ids, max_concurrency=count,
+            identify_gate=MemoryIdentifyGate(interval=0.0, margin=0.0),
+        )
+
+    def sample() -> Tuple[float, int]:
+        gc.collect()
+        return current_rss_mb(), os_threads()
+
+    first = sharded([0])
+    more = sharded(list(range(1, count)))
+    try:
+        first.start()
+        if not first.wait_until_ready(60):
+            raise SystemExit("idle shards: shard 0 never got READY")
+        rss1, threads1 = sample()
+        more.start()
+        if not more.wait_until_ready(60):
+            raise SystemExit("idle shards: the added shards never got READY")
+        rss2, threads2 = sample()
+    finally:
+        more.close()
+        first.close()
+    return {
+        "added_shards": added,
+        "rss_one_shard_mb": rss1,
+        "rss_all_mb": rss2,
+        "rss_per_added_shard_mb": (rss2 - rss1) / added,
+        "threads_one_shard": threads1,
+        "threads_all": threads2,
+        "threads_per_added_shard": (threads2 - threads1) / added,
+    }
+
+
 def run_rss(url: str, warmup: int, n: int) -> Dict[str, Any]:
     client = _sg_client(url, "zlib-stream", None)
     marks: Dict[str, Any] = {}
@@ -837,6 +881,8 @@ def worker_main(argv: List[str]) -> None:
         result = run_sharded(a.url, compress, a.events)
     elif a.runner == "idle":
         result = run_idle(a.url, a.seconds)
+    elif a.runner == "idle-shards":
+        result = run_idle_shards(a.url, a.events)
     elif a.runner == "rss":
         result = run_rss(a.url, a.warmup, a.events)
     else:
@@ -1032,6 +1078,13 @@ def bench_idle(seconds: float, notes: List[str]) -> Dict[str, Any]:
         return run_worker("idle", gw.url, seconds + 90, notes, seconds=seconds)
 
 
+def bench_idle_shards(added: int, notes: List[str]) -> Dict[str, Any]:
+    from sync_gateway.testing import FakeGateway
+
+    with FakeGateway(heartbeat_interval=IDLE_HEARTBEAT_MS) as gw:
+        return run_worker("idle-shards", gw.url, 180, notes, events=added)
+
+
 def bench_rss(server_port: int, warmup: int, n: int, notes: List[str]) -> Dict[str, Any]:
     url = f"ws://127.0.0.1:{server_port}/stream/{warmup + n}/"
     return run_worker("rss", url, 2 * _deadline(warmup + n) + 60, notes, warmup=warmup, events=n)
@@ -1132,6 +1185,7 @@ def render(report: Dict[str, Any]) -> str:
         lines.append(f"{RUNNER_LABELS.get(name, name):<30} skipped: {reason}")
     lat = report["latency"]
     idle = report["idle"]
+    ish = report["idle_shards"]
     rss = report["rss_growth"]
     rec = report["recovery"]
     srv = report["server"]
@@ -1150,6 +1204,9 @@ def render(report: Dict[str, Any]) -> str:
         f"max {lat['max_ms']:.3f} ms",
         f"idle connected client over {idle['seconds']:g} s: {idle['cpu_s']:.3f} CPU s ({idle['cpu_percent']:.3f} %), "
         f"{idle['context_switches_per_s']:.1f} context switches/s, {idle['threads']} threads",
+        f"each added idle shard (ShardedClient, {ish['added_shards']} added to 1, connected): "
+        f"{ish['rss_per_added_shard_mb']:+.2f} MB RSS, {ish['threads_per_added_shard']:g} threads "
+        f"({ish['rss_one_shard_mb']:.1f} -> {ish['rss_all_mb']:.1f} MB, {ish['threads_one_shard']} -> {ish['threads_all']} threads)",
         f"RSS growth over {rss['events']:,} events after {rss['warmup_events']:,} warm-up: {rss['growth_mb']:+.1f} MB "
         f"({rss['rss_after_warmup_mb']:.1f} -> {rss['rss_end_mb']:.1f} MB; peak {rss['peak_rss_mb']:.1f} MB; "
         f"{rss['events_per_s']:,.0f} ev/s; backlog at warm-up mark {rss['backlog_at_warmup']:,})",
@@ -1237,6 +1294,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
     latency = bench_latency(latency_seconds)
     log(f"idle CPU over {idle_seconds:g} s")
     idle = bench_idle(idle_seconds, notes)
+    log("idle shards")
+    idle_shards = bench_idle_shards(args.idle_shards or (3 if quick else 7), notes)
     log("recovery")
     recovery = bench_recovery(args.recovery_runs or (3 if quick else 5), args.frozen_runs or (1 if quick else 3))
 
@@ -1263,6 +1322,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
         "sharded": sharded,
         "latency": latency,
         "idle": idle,
+        "idle_shards": idle_shards,
         "rss_growth": rss,
         "recovery": recovery,
         "server": {
@@ -1293,9 +1353,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=0.0, help="latency run at 1,000 ev/s (default 10; --quick 2)")
     p.add_argument("--recovery-runs", type=int, default=0, help="op 7 recoveries (default 5; --quick 3)")
     p.add_argument("--frozen-runs", type=int, default=0, help="frozen-socket recoveries, ~6 s each (default 3; --quick 1)")
+    p.add_argument("--idle-shards", type=int, default=0, help="idle shards added to one for the per-shard RSS (default 7; --quick 3)")
     p.add_argument("--no-discord", action="store_true", help="leave discord.py out even if it is installed")
     args = p.parse_args(argv)
-    for name in ("events", "runs", "rss_events", "recovery_runs", "frozen_runs"):
+    for name in ("events", "runs", "rss_events", "recovery_runs", "frozen_runs", "idle_shards"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.events and args.events < 2:
