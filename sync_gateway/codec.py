@@ -15,7 +15,7 @@ the client allocate hundreds of MB.
 import json
 import json.scanner
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
 
 from .errors import ConfigError
 
@@ -67,7 +67,8 @@ except ImportError:  # pragma: no cover - depends on the environment
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, ValueError)
 
 
-_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner where there is one
+#: json's own scanner (the C one where there is one): (text, index) -> (object, end index)
+_scan_json: Callable[[str, int], Tuple[Any, int]] = cast(Any, json.scanner).make_scanner(json.JSONDecoder())
 _JSON_LOADS = json.loads
 
 
@@ -208,7 +209,7 @@ class Decoder:
             # The decoder streams a raw block out as it arrives, so a cut message can still yield a
             # prefix of a payload: that would pass for a bad payload (DecodeError, stream intact).
             raise CompressionError("zstd-stream message ends inside a zstd block (truncated?)", hint=_HINT_ZSTD)
-        return raw
+        return bytes(raw) if not isinstance(raw, bytes) else raw
 
     def _zstd_message_complete(self, data: bytes) -> bool:
         """Walk the frame and block headers of a message the decoder accepted (RFC 8878 section 3.1).
@@ -333,9 +334,9 @@ class Decoder:
         parse = self.parse
         for data, binary in messages:
             try:
-                raw = self.inflate(data, binary)
-                if raw is not None:
-                    out.append(parse(raw))
+                text_or_none = self.inflate(data, binary)
+                if text_or_none is not None:
+                    out.append(parse(text_or_none))
             except DecodeError as exc:
                 out.append(exc)
             except CompressionError as exc:
