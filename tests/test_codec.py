@@ -384,11 +384,28 @@ def test_decode_many_is_feed_message_by_message(monkeypatch, loads_name, seed):
     d = Decoder("zlib-stream")
     c = zlib.compressobj()
     bodies = [(c.compress(t) + c.flush(zlib.Z_SYNC_FLUSH), True) for t in texts]
-    before = d._inflate
+    calls = []
+
+    class Counting:  # counts the inflate calls (zlib's object takes no attributes)
+        def __init__(self, inner):
+            self.inner = inner
+
+        def decompress(self, data, max_length=0):
+            calls.append(len(data))
+            return self.inner.decompress(data, max_length)
+
+        def copy(self):
+            return Counting(self.inner.copy())
+
+        @property
+        def unconsumed_tail(self):
+            return self.inner.unconsumed_tail
+
+    d._inflate = Counting(d._inflate)
     got, error = d.decode_many(bodies)
     assert error is None
-    if seed == 0:  # good messages and stdlib json: one inflate, no fallback to the copied context
-        assert (d._inflate is before) == (loads_name == "json")
+    if seed == 0:  # good messages: stdlib json inflates the burst at once, orjson message by message
+        assert len(calls) == (1 if loads_name == "json" else len(bodies))
     # the context went on exactly where it should: the next message still inflates
     after = d.feed(c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH), True)
     assert [_outcome(x) for x in got] + [("ok", after)] == expected
