@@ -521,7 +521,7 @@ class _ReportedByCli(logging.Filter):
         self.lifecycle_shown = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != "sync_gateway.protocol":
+        if record.name not in ("sync_gateway.machine", "sync_gateway.protocol"):  # the lifecycle machine
             return True
         if record.levelno >= logging.ERROR:
             return False

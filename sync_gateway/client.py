@@ -591,6 +591,25 @@ class GatewayClient(HandlerMethods):
                 rest = self.__dict__["_rest"] = RestClient(self._token, self._api_base, proxies=self._rest_proxies())
             return rest
 
+    def stopped(self) -> bool:
+        """True once this client's lifecycle loop has ended: closed, or stopped on its own (a
+        fatal close code, ``max_attempts`` used up). A seam for code that watches many clients
+        (``ShardedClient``) without reaching into them; never blocks."""
+        sup = self._supervisor
+        return sup is not None and sup.stopped.is_set()
+
+    def stop_error(self) -> Optional[BaseException]:
+        """The error this client stopped with (what :meth:`run_forever` raises), or None: still
+        running, closed by the user, or never started."""
+        sup = self._supervisor
+        return sup.error if sup is not None and sup.stopped.is_set() else None
+
+    def runs_on(self, thread: threading.Thread) -> bool:
+        """True if *thread* is this client's supervisor or dispatcher thread (a handler calling
+        ``close()`` runs on the latter: whoever closes must not wait on it)."""
+        sup = self._supervisor
+        return sup is not None and (thread is sup.thread or thread is sup.dispatcher.thread)
+
     def threads(self) -> "list[threading.Thread]":
         """The threads this client started that are still alive (readers, supervisor, dispatcher)."""
         sup = self._supervisor

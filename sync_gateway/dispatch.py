@@ -45,6 +45,9 @@ class Registry:
         self._lock = threading.Lock()
         self._handlers: Dict[str, Tuple[Handler, ...]] = {}
         self._lifecycle: Tuple[LifecycleHandler, ...] = ()
+        # name -> specific + wildcard handlers, filled on first use and replaced (never mutated
+        # in place by on/off) whenever the handlers change: one dict lookup per event.
+        self._resolved: Dict[str, Tuple[Handler, ...]] = {}
 
     @staticmethod
     def _check(fn: Any, what: str) -> None:
@@ -70,6 +73,7 @@ class Registry:
             )
         with self._lock:
             self._handlers[name] = self._handlers.get(name, ()) + (fn,)
+            self._resolved = {}
 
     def remove(self, name: str, fn: Handler) -> bool:
         with self._lock:
@@ -82,6 +86,7 @@ class Registry:
                 self._handlers[name] = tuple(items)
             else:
                 del self._handlers[name]
+            self._resolved = {}
             return True
 
     def add_lifecycle(self, fn: LifecycleHandler) -> None:
@@ -99,10 +104,16 @@ class Registry:
             return True
 
     def handlers_for(self, name: str) -> Tuple[Handler, ...]:
-        h = self._handlers
-        specific = h.get(name, ())
-        wildcard = h.get("*", ())
-        return specific + wildcard if wildcard else specific
+        resolved = self._resolved
+        found = resolved.get(name)
+        if found is None:
+            h = self._handlers
+            specific = h.get(name, ())
+            wildcard = h.get("*", ())
+            found = specific + wildcard if wildcard else specific
+            if len(resolved) < 4096:  # event names are few; a flood of odd ones cannot grow it
+                resolved[name] = found
+        return found
 
     def has(self, name: str) -> bool:
         return name in self._handlers
@@ -172,8 +183,7 @@ class Dispatcher:
         #: Called on this thread once :meth:`stop` is reached: every queued handler has returned.
         self.on_drained = on_drained
         self._halted = False
-        #: (handler name, what it handles, monotonic start) of the call in progress, or None.
-        self.current: Optional[Tuple[str, str, float]] = None
+        self._current: Optional[Tuple[Callable[..., Any], str, float]] = None
         self._queue: Deque[Any] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = False
@@ -186,6 +196,12 @@ class Dispatcher:
 
     def start(self) -> None:
         self.thread.start()
+
+    @property
+    def current(self) -> Optional[Tuple[str, str, float]]:
+        """(handler name, what it handles, monotonic start) of the call in progress, or None."""
+        running = self._current
+        return None if running is None else (_name_of(running[0]), running[1], running[2])
 
     def put(self, item: Union[Dispatch, LifecycleEvent]) -> None:
         self.put_many([item])
@@ -243,18 +259,32 @@ class Dispatcher:
                 queue.clear()
             if len(batch) < BACKLOG_WARNING:
                 self._backlog_warned_at = 0
+            handlers_for = self.registry.handlers_for
+            monotonic = time.monotonic
+            delivered = 0
             for item in batch:
                 if self._halted or item is _STOP:
+                    self.delivered += delivered
                     self._drained()
                     return
-                if isinstance(item, Dispatch):
-                    handlers = self.registry.handlers_for(item.name)
-                    self.delivered += 1
-                    for fn in handlers:
+                if item.__class__ is Dispatch:
+                    # The hot path, one event: _call inlined (a call, a clock read, the slow check).
+                    delivered += 1
+                    name = item.name
+                    for fn in handlers_for(name):
                         if self._halted:
+                            self.delivered += delivered
                             self._drained()
                             return
-                        self._call(fn, item, item.name)
+                        started = monotonic()
+                        self._current = (fn, name, started)
+                        try:
+                            fn(item)
+                        except BaseException as exc:  # SystemExit and KeyboardInterrupt too
+                            self._failed(fn, exc, name)
+                        self._current = None
+                        if monotonic() - started > SLOW_HANDLER_SECONDS:
+                            self._slow(fn, monotonic() - started, name)
                     if item.seq is not None:
                         self.handled = (item.session_id, item.seq)
                 elif type(item) is _Call:
@@ -262,9 +292,20 @@ class Dispatcher:
                         item.fn()
                     except Exception:  # ours, not a handler's: reported, the thread goes on
                         log.exception("internal work on the dispatcher thread failed")
+                elif isinstance(item, Dispatch):  # a subclass: the general path
+                    delivered += 1
+                    for fn in handlers_for(item.name):
+                        if self._halted:
+                            self.delivered += delivered
+                            self._drained()
+                            return
+                        self._call(fn, item, item.name)
+                    if item.seq is not None:
+                        self.handled = (item.session_id, item.seq)
                 else:
                     for fn in self.registry.lifecycle:
                         self._call(fn, item, f"lifecycle {item.kind}")
+            self.delivered += delivered
 
     def _drained(self) -> None:
         if self.on_drained is not None:
@@ -275,29 +316,35 @@ class Dispatcher:
 
     def _call(self, fn: Callable[[Any], Any], arg: Any, what: str) -> None:
         started = time.monotonic()
-        self.current = (_name_of(fn), what, started)
+        self._current = (fn, what, started)
         try:
             fn(arg)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: this thread must not die
-            self.handler_errors += 1
-            log.error(
-                "handler %s raised %s on %s; continuing",
-                _name_of(fn),
-                type(exc).__name__,
-                what,
-                exc_info=(type(exc), exc, exc.__traceback__),
-            )
+            self._failed(fn, exc, what)
         finally:
-            self.current = None
+            self._current = None
         elapsed = time.monotonic() - started
         if elapsed > SLOW_HANDLER_SECONDS:
-            log.warning(
-                "handler %s took %.1fs on %s; later events waited (heartbeats did not). "
-                "Hand long work to a ThreadPoolExecutor.",
-                _name_of(fn),
-                elapsed,
-                what,
-            )
+            self._slow(fn, elapsed, what)
+
+    def _failed(self, fn: Callable[..., Any], exc: BaseException, what: str) -> None:
+        self.handler_errors += 1
+        log.error(
+            "handler %s raised %s on %s; continuing",
+            _name_of(fn),
+            type(exc).__name__,
+            what,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
+    def _slow(self, fn: Callable[..., Any], elapsed: float, what: str) -> None:
+        log.warning(
+            "handler %s took %.1fs on %s; later events waited (heartbeats did not). "
+            "Hand long work to a ThreadPoolExecutor.",
+            _name_of(fn),
+            elapsed,
+            what,
+        )
 
 
 def handler_name(fn: Optional[Callable[..., Any]]) -> str:

@@ -431,8 +431,7 @@ class ShardedClient(HandlerMethods):
             failed = None
             while failed is None and not self._closed:
                 for sid, client in sorted(self._clients.items()):
-                    sup = client._supervisor
-                    if sup is not None and sup.stopped.is_set():
+                    if client.stopped():
                         failed = client
                         break
                 else:
@@ -444,9 +443,8 @@ class ShardedClient(HandlerMethods):
         if failed is not None:
             # the first fatal error: of every shard stopped by now, the lowest with an error
             for sid, client in sorted(self._clients.items()):
-                sup = client._supervisor
-                if sup is not None and sup.stopped.is_set() and sup.error is not None:
-                    error = sup.error
+                error = client.stop_error()
+                if error is not None:
                     break
             if error is not None:
                 log.error("shard %d stopped (%s); closing the other shards", failed.shard_id, error)
@@ -476,7 +474,7 @@ class ShardedClient(HandlerMethods):
         inline: List[GatewayClient] = []
         helpers: List[threading.Thread] = []
         for client in clients:
-            if current in _client_threads(client):
+            if client.runs_on(current):
                 inline.append(client)  # called from this shard's own thread: close it here, last
                 continue
             t = threading.Thread(
@@ -602,13 +600,6 @@ class ShardedClient(HandlerMethods):
         for client in self._clients.values():
             out += client.threads()
         return out
-
-
-def _client_threads(client: GatewayClient) -> List[threading.Thread]:
-    sup = client._supervisor
-    if sup is None:
-        return []
-    return [sup.thread, sup.dispatcher.thread]
 
 
 def _close_quietly(client: GatewayClient, timeout: float, keep_session: bool) -> None:

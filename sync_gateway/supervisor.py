@@ -229,7 +229,7 @@ class Supervisor:
         while i < len(actions):
             a = actions[i]
             i += 1
-            if isinstance(a, Deliver):
+            if a.__class__ is Deliver:
                 deliveries.append(a.dispatch)
                 continue
             if isinstance(a, Emit):

@@ -70,6 +70,16 @@ def test_bench_json_has_every_row(report):
             else:
                 _positive(row["vs_discord_py"], f"{runner} {compress} vs_discord_py")
     assert rows[("floor", "none")]["vs_floor"] == pytest.approx(1.0)
+    # the decode limit: the same frames decoded from memory; every row's ratio to it
+    for compress in ("zlib-stream", "none"):
+        assert rows[("limit-json", compress)]["vs_limit"] == pytest.approx(1.0)
+        for runner in ("floor", "sg-json", "sg-orjson"):
+            if (runner, compress) in rows:
+                _positive(rows[(runner, compress)]["vs_limit"], f"{runner} {compress} vs_limit")
+    _positive(sharded["vs_one_shard"], "sharded vs_one_shard")
+    ish = report["idle_shards"]
+    assert ish["added_shards"] == 3 and ish["threads_per_added_shard"] == 3  # supervisor, reader, dispatcher
+    assert math.isfinite(ish["rss_per_added_shard_mb"]) and ish["rss_one_shard_mb"] > 0
     assert "floor" not in skipped and "sg-json" not in skipped
 
     lat = report["latency"]
@@ -113,5 +123,6 @@ def test_bench_table_renders_every_row(report):
     for label in ("(a) websocket-client floor", "(b) GatewayClient, json", "(c) discord.py"):
         assert label in text
     for needle in ("latency server-send -> handler", "idle connected client", "RSS growth", "op 7 -> RESUMED",
-                   "reconnect(fresh=True) -> READY", "events/s", "x floor", "x d.py"):
+                   "reconnect(fresh=True) -> READY", "events/s", "x floor", "x d.py", "x limit",
+                   "(L) decode limit, json", "each added idle shard"):
         assert needle in text

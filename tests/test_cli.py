@@ -740,7 +740,7 @@ def test_lifecycle_view_says_connect_failed_for_a_socket_that_never_connected():
 def test_log_filter_drops_only_what_the_cli_reports_itself():
     f = cli._ReportedByCli()
 
-    def rec(level, msg, name="sync_gateway.protocol"):
+    def rec(level, msg, name="sync_gateway.machine"):
         return logging.LogRecord(name, level, __file__, 1, msg, None, None)
 
     f.lifecycle_shown = True

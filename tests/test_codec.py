@@ -329,3 +329,92 @@ def test_check_compress():
 
 def test_encode_compact():
     assert encode({"op": 1, "d": None}) == '{"op":1,"d":null}'
+
+
+# ------------------------------------------------------------------ the reader's batch decode
+
+_BATCH_TEXTS = [
+    b'{"op":0,"t":"A","s":1,"d":{"x":"}{"}}',  # a string holding the join of two objects
+    b'{"op":0,"t":"B","s":2,"d":null}',
+    b' {"op":11} ',  # whitespace around: json.loads accepts it, the scanner alone would not
+    b"[1, 2]",  # JSON, not an object: DecodeError in its place
+    b'{"op": 1',  # cut short: DecodeError
+    b"",  # nothing: DecodeError
+    b'{"op":0}{"op":0}',  # two objects in one message: DecodeError (json.loads: extra data)
+    '{"op":0,"t":"\u00e9\u20ac\U0001f600","s":3}'.encode("utf-8"),
+    b"\xef\xbb\xbf{}",  # a UTF-8 BOM: json.loads refuses it; so must we
+    b'{"op":7}',
+]
+
+
+def _outcome(item):
+    return ("error", str(item)) if isinstance(item, DecodeError) else ("ok", item)
+
+
+def _one_by_one(texts):
+    d = Decoder("zlib-stream")
+    c = zlib.compressobj()
+    out = []
+    for t in texts:
+        try:
+            out.append(("ok", d.feed(c.compress(t) + c.flush(zlib.Z_SYNC_FLUSH), True)))
+        except DecodeError as exc:
+            out.append(("error", str(exc)))
+    return out
+
+
+@pytest.mark.parametrize("loads_name", ["json", "orjson"])
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_many_is_feed_message_by_message(monkeypatch, loads_name, seed):
+    """decode_many (one inflate for a burst, objects read one after the other) gives exactly what
+    feed() gives message by message: the same payloads, the same errors in the same places, for
+    every mix of good and bad messages, and the zlib context stays usable afterwards."""
+    from sync_gateway import codec
+
+    if loads_name == "orjson":
+        orjson = pytest.importorskip("orjson")
+        monkeypatch.setattr(codec, "loads", orjson.loads)
+    else:
+        monkeypatch.setattr(codec, "loads", json.loads)
+    rng = random.Random(seed)
+    texts = [rng.choice(_BATCH_TEXTS) for _ in range(rng.randint(2, 12))]
+    if seed == 0:
+        texts = [t for t in _BATCH_TEXTS if t.startswith(b'{"op":0,"t"')]  # an all-good burst: the fast path
+    expected = _one_by_one(texts + [b'{"op":11}'])
+    d = Decoder("zlib-stream")
+    c = zlib.compressobj()
+    bodies = [(c.compress(t) + c.flush(zlib.Z_SYNC_FLUSH), True) for t in texts]
+    calls = []
+
+    class Counting:  # counts the inflate calls (zlib's object takes no attributes)
+        def __init__(self, inner):
+            self.inner = inner
+
+        def decompress(self, data, max_length=0):
+            calls.append(len(data))
+            return self.inner.decompress(data, max_length)
+
+        def copy(self):
+            return Counting(self.inner.copy())
+
+        @property
+        def unconsumed_tail(self):
+            return self.inner.unconsumed_tail
+
+    d._inflate = Counting(d._inflate)
+    got, error = d.decode_many(bodies)
+    assert error is None
+    if seed == 0:  # good messages: stdlib json inflates the burst at once, orjson message by message
+        assert len(calls) == (1 if loads_name == "json" else len(bodies))
+    # the context went on exactly where it should: the next message still inflates
+    after = d.feed(c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH), True)
+    assert [_outcome(x) for x in got] + [("ok", after)] == expected
+
+
+def test_decode_many_returns_the_payloads_before_a_corrupt_message():
+    d = Decoder("zlib-stream")
+    c = zlib.compressobj()
+    good = c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH)
+    got, error = d.decode_many([(good, True), (b"\x00garbage\x00\x00\xff\xff", True)])
+    assert got == [{"op": 11}]
+    assert isinstance(error, CompressionError)

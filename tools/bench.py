@@ -5,6 +5,10 @@
 
 What it measures, in one run:
 
+* **Decode limit** (rows "(L)"): the same frames, built by the same encoder, zlib-inflated and
+  JSON-decoded from memory in one thread (``json.loads`` and ``orjson.loads``): no socket, no
+  framing, no threads. Every row's "x limit" is its events/s over the limit row of its JSON
+  library (the floor and discord.py against json's): how much of a client's time is not decoding.
 * **Throughput**: N (default 50,000; ``--quick`` 5,000) ~750-byte MESSAGE_CREATE dispatches over
   loopback, zlib-stream and uncompressed, for (a) the floor — websocket-client ``recv_data`` +
   one ``zlib.decompressobj`` (buffer until ``00 00 ff ff``) + ``json.loads``, with
@@ -20,6 +24,8 @@ What it measures, in one run:
   ``time.perf_counter()`` into each event just before ``dispatch()`` (so the fake's own JSON and zlib
   work is inside the number).
 * **Idle CPU** of a connected client over 30 s (``--quick``: 5 s).
+* **Idle shards**: RSS and OS threads each added connected idle shard costs (1 shard, then 7 more;
+  ``--quick``: 3), in one process against a FakeGateway.
 * **RSS growth** over 1,000,000 events (``--quick``: 100,000) after a warm-up of 10 %.
 * **Recovery**: op 7 -> RESUMED, and a frozen socket (``FreezingProxy``) + ``reconnect(fresh=True)``
   -> READY, with the default ``LifecycleConfig`` (so the second is bounded below by
@@ -90,6 +96,8 @@ APPLICATION = {
 }
 
 RUNNER_LABELS = {
+    "limit-json": "(L) decode limit, json",
+    "limit-orjson": "(L) decode limit, orjson",
     "floor": "(a) websocket-client floor",
     "sg-json": "(b) GatewayClient, json",
     "sg-orjson": "(b) GatewayClient, orjson",
@@ -594,6 +602,41 @@ def run_floor(url: str, compress: Optional[str], n: int) -> Dict[str, Any]:
     return result
 
 
+def run_decode_limit(compress: Optional[str], n: int, loads_name: str) -> Dict[str, Any]:
+    """The decode limit: the very frames the server sends (built here by the same encoder, one zlib
+    context), inflated and decoded from memory in one thread, with no socket, framing or threads.
+    No client can beat it: each client's ratio to it says how much of its time is not decoding."""
+    if loads_name == "orjson":
+        import orjson
+
+        loads: Callable[[Any], Any] = orjson.loads
+    else:
+        loads = json.loads
+    source = EventSource()
+    enc = FrameEncoder(compress)
+    bodies: List[bytes] = []
+    for seq in range(2, n + 2):
+        payload = source.payload(seq)
+        if enc._z is not None:
+            bodies.append(enc._z.compress(payload) + enc._z.flush(zlib.Z_SYNC_FLUSH))
+        else:
+            bodies.append(payload)
+    counter = Counter(n)
+    hit = counter.hit
+    gc.collect()
+    cpu0 = time.process_time()
+    if compress is not None:
+        inflate = zlib.decompressobj().decompress
+        for body in bodies:
+            if loads(inflate(body)).get("t") == "MESSAGE_CREATE":
+                hit()
+    else:
+        for body in bodies:
+            if loads(body).get("t") == "MESSAGE_CREATE":
+                hit()
+    return counter.result(cpu0)
+
+
 def _sg_client(url: str, compress: Optional[str], loads_name: Optional[str]):
     from sync_gateway import GatewayClient, MemoryIdentifyGate, codec
 
@@ -732,6 +775,48 @@ def run_idle(url: str, seconds: float) -> Dict[str, Any]:
     }
 
 
+def run_idle_shards(url: str, added: int) -> Dict[str, Any]:
+    """What one more idle shard costs in a process: RSS and OS threads with one connected shard,
+    then with *added* more (a second ShardedClient on the same FakeGateway), per added shard."""
+    from sync_gateway import MemoryIdentifyGate, ShardedClient
+
+    count = added + 1
+
+    def sharded(ids: List[int]) -> Any:
+        return ShardedClient(
+            TOKEN, gateway_url=url, shard_count=count, shard_ids=ids, max_concurrency=count,
+            identify_gate=MemoryIdentifyGate(interval=0.0, margin=0.0),
+        )
+
+    def sample() -> Tuple[float, int]:
+        gc.collect()
+        return current_rss_mb(), os_threads()
+
+    first = sharded([0])
+    more = sharded(list(range(1, count)))
+    try:
+        first.start()
+        if not first.wait_until_ready(60):
+            raise SystemExit("idle shards: shard 0 never got READY")
+        rss1, threads1 = sample()
+        more.start()
+        if not more.wait_until_ready(60):
+            raise SystemExit("idle shards: the added shards never got READY")
+        rss2, threads2 = sample()
+    finally:
+        more.close()
+        first.close()
+    return {
+        "added_shards": added,
+        "rss_one_shard_mb": rss1,
+        "rss_all_mb": rss2,
+        "rss_per_added_shard_mb": (rss2 - rss1) / added,
+        "threads_one_shard": threads1,
+        "threads_all": threads2,
+        "threads_per_added_shard": (threads2 - threads1) / added,
+    }
+
+
 def run_rss(url: str, warmup: int, n: int) -> Dict[str, Any]:
     client = _sg_client(url, "zlib-stream", None)
     marks: Dict[str, Any] = {}
@@ -782,7 +867,9 @@ def worker_main(argv: List[str]) -> None:
     p.add_argument("--seconds", type=float, default=0.0)
     a = p.parse_args(argv)
     compress = None if a.compress == "none" else a.compress
-    if a.runner == "floor":
+    if a.runner.startswith("limit-"):
+        result = run_decode_limit(compress, a.events, a.runner[len("limit-"):])
+    elif a.runner == "floor":
         result = run_floor(a.url, compress, a.events)
     elif a.runner == "sg-json":
         result = run_sync_gateway(a.url, compress, a.events, "json")
@@ -794,6 +881,8 @@ def worker_main(argv: List[str]) -> None:
         result = run_sharded(a.url, compress, a.events)
     elif a.runner == "idle":
         result = run_idle(a.url, a.seconds)
+    elif a.runner == "idle-shards":
+        result = run_idle_shards(a.url, a.events)
     elif a.runner == "rss":
         result = run_rss(a.url, a.warmup, a.events)
     else:
@@ -904,6 +993,8 @@ def bench_throughput(server_port: int, n: int, runs: int, runners: List[str], no
     for row in rows:
         same = {r["runner"]: r for r in rows if r["compress"] == row["compress"]}
         row["vs_floor"] = row["events_per_s"] / same["floor"]["events_per_s"]
+        limit = same.get("limit-orjson" if row["runner"].endswith("orjson") else "limit-json")
+        row["vs_limit"] = row["events_per_s"] / limit["events_per_s"] if limit else None
         d = same.get("discord.py")
         row["vs_discord_py"] = row["events_per_s"] / d["events_per_s"] if d else None
     return rows
@@ -985,6 +1076,13 @@ def bench_idle(seconds: float, notes: List[str]) -> Dict[str, Any]:
 
     with FakeGateway(heartbeat_interval=IDLE_HEARTBEAT_MS) as gw:
         return run_worker("idle", gw.url, seconds + 90, notes, seconds=seconds)
+
+
+def bench_idle_shards(added: int, notes: List[str]) -> Dict[str, Any]:
+    from sync_gateway.testing import FakeGateway
+
+    with FakeGateway(heartbeat_interval=IDLE_HEARTBEAT_MS) as gw:
+        return run_worker("idle-shards", gw.url, 180, notes, events=added)
 
 
 def bench_rss(server_port: int, warmup: int, n: int, notes: List[str]) -> Dict[str, Any]:
@@ -1071,14 +1169,15 @@ def render(report: Dict[str, Any]) -> str:
         f"median of {b['runs']} run(s); Python {b['python']} on {b['platform']}, {b['cpus']} CPU(s)",
         f"stream: {report['server']['kind']}",
         "",
-        f"{'throughput':<30} {'compress':<12} {'events/s':>9} {'(min-max)':>13} {'x floor':>8} {'x d.py':>7} {'CPU s':>7} "
+        f"{'throughput':<30} {'compress':<12} {'events/s':>9} {'(min-max)':>13} {'x limit':>8} {'x floor':>8} {'x d.py':>7} {'CPU s':>7} "
         f"{'CPU us/ev':>9} {'peak RSS MB':>11} {'threads':>7}",
     ]
     for r in report["throughput"]:
         runs = r["runs_events_per_s"]
         spread = f"{min(runs) / 1000:.1f}-{max(runs) / 1000:.1f}k" if len(runs) > 1 else ""
         lines.append(
-            f"{r['label']:<30} {r['compress']:<12} {_fmt_int(r['events_per_s']):>9} {spread:>13} {_fmt(r['vs_floor']):>8} "
+            f"{r['label']:<30} {r['compress']:<12} {_fmt_int(r['events_per_s']):>9} {spread:>13} {_fmt(r.get('vs_limit')):>8} "
+            f"{_fmt(r['vs_floor']):>8} "
             f"{_fmt(r['vs_discord_py']):>7} {_fmt(r['cpu_s']):>7} {_fmt(r['cpu_us_per_event'], 1):>9} "
             f"{_fmt(r['peak_rss_mb'], 1):>11} {r['threads']:>7}"
         )
@@ -1086,6 +1185,7 @@ def render(report: Dict[str, Any]) -> str:
         lines.append(f"{RUNNER_LABELS.get(name, name):<30} skipped: {reason}")
     lat = report["latency"]
     idle = report["idle"]
+    ish = report["idle_shards"]
     rss = report["rss_growth"]
     rec = report["recovery"]
     srv = report["server"]
@@ -1094,7 +1194,8 @@ def render(report: Dict[str, Any]) -> str:
         "",
         f"ShardedClient, {sh['shards']} shards in one process, zlib-stream, json: {sh['events_per_s']:,.0f} events/s over "
         f"all shards ({sh['events']:,} events), {sh['cpu_s']:.2f} CPU s, peak RSS {sh['peak_rss_mb']:.1f} MB, "
-        f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard",
+        f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard; "
+        f"{_fmt(sh.get('vs_one_shard'))}x one shard's events/s ((b) json, zlib-stream, same run)",
     ]
     lines += [
         "",
@@ -1103,6 +1204,9 @@ def render(report: Dict[str, Any]) -> str:
         f"max {lat['max_ms']:.3f} ms",
         f"idle connected client over {idle['seconds']:g} s: {idle['cpu_s']:.3f} CPU s ({idle['cpu_percent']:.3f} %), "
         f"{idle['context_switches_per_s']:.1f} context switches/s, {idle['threads']} threads",
+        f"each added idle shard (ShardedClient, {ish['added_shards']} added to 1, connected): "
+        f"{ish['rss_per_added_shard_mb']:+.2f} MB RSS, {ish['threads_per_added_shard']:g} threads "
+        f"({ish['rss_one_shard_mb']:.1f} -> {ish['rss_all_mb']:.1f} MB, {ish['threads_one_shard']} -> {ish['threads_all']} threads)",
         f"RSS growth over {rss['events']:,} events after {rss['warmup_events']:,} warm-up: {rss['growth_mb']:+.1f} MB "
         f"({rss['rss_after_warmup_mb']:.1f} -> {rss['rss_end_mb']:.1f} MB; peak {rss['peak_rss_mb']:.1f} MB; "
         f"{rss['events_per_s']:,.0f} ev/s; backlog at warm-up mark {rss['backlog_at_warmup']:,})",
@@ -1136,8 +1240,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
     notes: List[str] = []
     skipped: Dict[str, str] = {}
 
-    runners = ["floor", "sg-json"]
+    runners = ["limit-json", "floor", "sg-json"]
     if _orjson_available():
+        runners[1:1] = ["limit-orjson"]
         runners.append("sg-orjson")
     else:
         skipped["sg-orjson"] = "orjson is not installed (pip install 'sync-gateway[speed]')"
@@ -1171,6 +1276,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
         log("4 shards in one process")
         sharded = run_worker("sharded", f"ws://127.0.0.1:{port}/cached/{n}/", _deadline(4 * n) + 60, notes,
                              compress="zlib-stream", events=n)
+        one = [r for r in throughput if r["runner"] == "sg-json" and r["compress"] == "zlib-stream"]
+        sharded["vs_one_shard"] = sharded["events_per_s"] / one[0]["events_per_s"] if one else None
         log("FakeGateway as the feeder")
         feed = bench_fake_gateway_feed(n, notes)
         log(f"RSS over {rss_events:,} events")
@@ -1187,6 +1294,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
     latency = bench_latency(latency_seconds)
     log(f"idle CPU over {idle_seconds:g} s")
     idle = bench_idle(idle_seconds, notes)
+    log("idle shards")
+    idle_shards = bench_idle_shards(args.idle_shards or (3 if quick else 7), notes)
     log("recovery")
     recovery = bench_recovery(args.recovery_runs or (3 if quick else 5), args.frozen_runs or (1 if quick else 3))
 
@@ -1213,6 +1322,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
         "sharded": sharded,
         "latency": latency,
         "idle": idle,
+        "idle_shards": idle_shards,
         "rss_growth": rss,
         "recovery": recovery,
         "server": {
@@ -1243,9 +1353,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--latency-seconds", type=float, default=0.0, help="latency run at 1,000 ev/s (default 10; --quick 2)")
     p.add_argument("--recovery-runs", type=int, default=0, help="op 7 recoveries (default 5; --quick 3)")
     p.add_argument("--frozen-runs", type=int, default=0, help="frozen-socket recoveries, ~6 s each (default 3; --quick 1)")
+    p.add_argument("--idle-shards", type=int, default=0, help="idle shards added to one for the per-shard RSS (default 7; --quick 3)")
     p.add_argument("--no-discord", action="store_true", help="leave discord.py out even if it is installed")
     args = p.parse_args(argv)
-    for name in ("events", "runs", "rss_events", "recovery_runs", "frozen_runs"):
+    for name in ("events", "runs", "rss_events", "recovery_runs", "frozen_runs", "idle_shards"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.events and args.events < 2:
