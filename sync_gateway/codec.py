@@ -15,7 +15,7 @@ the client allocate hundreds of MB.
 import json
 import json.scanner
 import zlib
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union, cast
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union, cast
 
 from .errors import ConfigError
 
@@ -57,12 +57,11 @@ _HINT_BOMB = (
 )
 
 try:  # optional speed extra
-    import orjson as _orjson
+    import orjson
 
-    loads: Callable[[Union[bytes, str]], Any] = _orjson.loads
-    _JSON_ERRORS: tuple = (_orjson.JSONDecodeError, UnicodeDecodeError, ValueError)
+    loads: Callable[[Union[bytes, bytearray, str]], Any] = orjson.loads
+    _JSON_ERRORS: Tuple[Type[BaseException], ...] = (orjson.JSONDecodeError, UnicodeDecodeError, ValueError)
 except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
     loads = json.loads
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, ValueError)
 
@@ -108,7 +107,7 @@ class CompressionError(ValueError):
         return (_compression_error, (self.args, self.hint))
 
 
-def _compression_error(args: tuple, hint: str) -> CompressionError:
+def _compression_error(args: Tuple[Any, ...], hint: str) -> CompressionError:
     return CompressionError(*args, hint=hint)
 
 
@@ -174,7 +173,7 @@ class Decoder:
     def _inflate_zlib_buffered(self, data: Union[bytes, bytearray, str]) -> Optional[bytes]:
         """A zlib-stream payload split over several messages: buffered until its 00 00 ff ff."""
         assert self._inflate is not None
-        self._buffer += data  # type: ignore[operator]
+        self._buffer += data.encode("utf-8") if isinstance(data, str) else data
         if len(self._buffer) > MAX_INFLATED_BYTES:
             raise CompressionError(
                 "zlib-stream payload never completed (no 00 00 ff ff marker)", hint=_HINT_ZLIB + _sniff(self._buffer)
@@ -277,7 +276,7 @@ class Decoder:
             assert inflate is not None
             if not self._buffer and data[-4:] == ZLIB_SUFFIX:  # the common case: one message, one payload
                 try:
-                    raw = inflate.decompress(data, MAX_INFLATED_BYTES)
+                    raw = inflate.decompress(cast(bytes, data), MAX_INFLATED_BYTES)
                 except zlib.error as exc:
                     raise CompressionError(f"corrupt zlib-stream data: {exc}", hint=_HINT_ZLIB + _sniff(data)) from None
                 if inflate.unconsumed_tail:

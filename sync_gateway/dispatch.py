@@ -303,8 +303,8 @@ class Dispatcher:
                     if item.seq is not None:
                         self.handled = (item.session_id, item.seq)
                 else:
-                    for fn in self.registry.lifecycle:
-                        self._call(fn, item, f"lifecycle {item.kind}")
+                    for lfn in self.registry.lifecycle:
+                        self._call(lfn, item, f"lifecycle {item.kind}")
             self.delivered += delivered
 
     def _drained(self) -> None:

@@ -14,7 +14,7 @@ Part of the sans-I/O protocol layer; :mod:`sync_gateway.protocol` re-exports eve
 import enum
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from ._log import get_logger
 from .errors import GatewayError
@@ -81,7 +81,7 @@ class _Phase(enum.Enum):
     FAILED = "failed"
 
 
-_PUBLIC_STATE = {
+_PUBLIC_STATE: Dict["_Phase", State] = {
     _Phase.IDLE: "idle",
     _Phase.CONNECTING: "connecting",
     _Phase.HELLO: "connecting",
@@ -177,7 +177,7 @@ class ShardMachine:
         self.last_disconnect: Optional[str] = None
         self.last_error: Optional[str] = None
         self.identify_wait: Optional[str] = None
-        self._failed_resume_urls: set = set()
+        self._failed_resume_urls: Set[str] = set()
 
     # ---------------------------------------------------------------- queries
 
@@ -608,7 +608,7 @@ class ShardMachine:
             out += self._established(s, "resumed", now)
         out.append(Deliver(Dispatch(name, data, seq, self.shard_id, session.session_id, now)))
 
-    def _established(self, s: _Socket, kind: str, now: float) -> List[Action]:
+    def _established(self, s: _Socket, kind: LifecycleKind, now: float) -> List[Action]:
         if self.phase is _Phase.READY:
             return []
         s.reached_ready = True

@@ -264,8 +264,8 @@ def default_backoff(config: LifecycleConfig) -> Callable[[int], float]:
     ``backoff_base * 2**(n-1)`` plus up to ``backoff_base`` of jitter, capped at ``backoff_max``."""
     import tenacity
 
-    wait = tenacity.wait_exponential(multiplier=config.backoff_base, min=config.backoff_base, max=config.backoff_max)
-    wait = wait + tenacity.wait_random(0, config.backoff_base)
+    exponential = tenacity.wait_exponential(multiplier=config.backoff_base, min=config.backoff_base, max=config.backoff_max)
+    wait = exponential + tenacity.wait_random(0, config.backoff_base)
 
     def compute(attempt: int) -> float:
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
