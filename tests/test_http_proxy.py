@@ -110,6 +110,31 @@ def test_ready_and_recovery_through_tinyproxy(tinyproxy):
 
 
 @needs_tinyproxy
+def test_wss_through_tinyproxy_survives_the_demo_s_faults(tinyproxy):
+    with FakeGateway(token=TOKEN, tls=True, heartbeat_interval=500) as gw:
+        client = _client(gw, proxy=tinyproxy.url(), ssl_context=gw.client_ssl_context())
+        rec = Recorder(client)
+        try:
+            client.start()
+            assert client.wait_until_ready(10)
+            gw.connections[-1].send_op(7)  # op 7
+            rec.wait_kind("resumed")
+            gw.connections[-1].invalid_session(False)  # op 9: a fresh session
+            rec.wait_kind("ready", 2)
+            gw.ack_heartbeats = False  # zombie: no ACK, the client reconnects and resumes
+            rec.wait_kind("resumed", 2)
+            gw.ack_heartbeats = True
+            gw.connections[-1].drop()  # TCP gone
+            rec.wait_kind("resumed", 3)
+            gw.dispatch("MESSAGE_CREATE", {"content": "over wss through the proxy"})
+            rec.wait_events("MESSAGE_CREATE", 1)
+            assert gw.live_connections() == 1
+        finally:
+            client.close()
+        assert tinyproxy.logged().count(f"CONNECT 127.0.0.1:{gw.front_port}") == len(gw.connections)
+
+
+@needs_tinyproxy
 def test_proxy_that_wants_credentials_is_a_clear_error_without_them(tmp_path):
     proxy = Tinyproxy(str(tmp_path), auth=("alice", "s3cret-pw"))
     try:
