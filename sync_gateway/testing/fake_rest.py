@@ -636,7 +636,8 @@ def main(argv: Optional[List[str]] = None) -> None:  # pragma: no cover - a manu
     import sys
 
     with FakeRest(port=args.port, gateway_url=args.gateway_url, token=args.token, limits=limits, global_limit=args.global_limit) as fake:
-        print(f"api_base: {fake.api_base}", flush=True)
+        sys.stdout.write(f"api_base: {fake.api_base}\n")  # the one line a parent process reads
+        sys.stdout.flush()
         try:
             while os.read(sys.stdin.fileno(), 65536):  # until EOF (the parent closed it) or Ctrl-C
                 pass
