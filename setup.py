@@ -43,7 +43,8 @@ setup(
         "test": TESTING
         + ZSTD
         + METRICS
-        + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80", "redis>=4.5"],
+        # setuptools: the plugin tests write install metadata with setup.py (venvs of 3.12+ lack it)
+        + ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6.80", "redis>=4.5", "setuptools"],
     },
     entry_points={
         "console_scripts": ["sync-gateway=sync_gateway.cli:main"],
