@@ -637,10 +637,21 @@ def _observe(response: requests.Response, body: Mapping[str, Any]) -> Observatio
         bucket=bucket,
         limit=_header_int(headers, "X-RateLimit-Limit"),
         remaining=_header_int(headers, "X-RateLimit-Remaining"),
-        reset_after=_header_float(headers, "X-RateLimit-Reset-After"),
+        reset_after=_reset_after(headers),
         retry_after=retry_after,
         scope=scope,
     )
+
+
+#: Seconds added to ``X-RateLimit-Reset-After``: Discord rounds it to the millisecond, so taken as
+#: it is, a window could end locally up to half a millisecond before Discord's; a few
+#: milliseconds of margin cost nothing in windows of a second or more.
+RESET_MARGIN = 0.003
+
+
+def _reset_after(headers: Mapping[str, str]) -> Optional[float]:
+    value = _header_float(headers, "X-RateLimit-Reset-After")
+    return None if value is None else value + RESET_MARGIN
 
 
 class _Body:
