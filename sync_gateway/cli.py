@@ -316,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway_url that 'sync-gateway fake-gateway' prints (default: ask the API)",
     )
     p.add_argument(
-        "--api-base", default=DEFAULT_API_BASE, metavar="URL",
-        help=f"REST base URL asked for the gateway URL; for a FakeGateway, the api_base it prints "
-        f"(default {DEFAULT_API_BASE})",
+        "--api-base", default=None, metavar="URL",
+        help=f"REST base URL asked for the gateway URL (and the daily session-start limit); for a "
+        f"FakeGateway, the api_base it prints (default {DEFAULT_API_BASE}; with --gateway-url on "
+        f"loopback and no --api-base, none is asked)",
     )
     p.add_argument(
         "--timeout", type=_positive_float, default=DEFAULT_REST_TIMEOUT, metavar="S",
@@ -909,7 +910,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     intents = _intents(args.intents) if isinstance(args.intents, str) else args.intents
     compress = None if args.compress == "none" else args.compress
     gateway_url = _check_gateway_url(args.gateway_url) if args.gateway_url else None
-    api_base = _check_api_base(args.api_base)
+    api_base = _check_api_base(args.api_base or DEFAULT_API_BASE)
+    # Given --gateway-url without --api-base, the client decides where the session-start limit is
+    # read (Discord's API, or nowhere for a loopback test server).
+    client_api_base = api_base if args.api_base or gateway_url is None else None
     token = read_token(args.token_file)
     config = LifecycleConfig(max_attempts=args.max_attempts) if args.max_attempts else None
     try:
@@ -924,7 +928,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             # The client reads the session-start limit from api_base itself at start() (bounded),
             # into the IDENTIFY gate it binds to this bot.
         client = GatewayClient(
-            token, intents, gateway_url=gateway_url, api_base=api_base, config=config, compress=compress,
+            token, intents, gateway_url=gateway_url, api_base=client_api_base, config=config, compress=compress,
             proxy=args.proxy
         )
     except ConfigError as exc:
