@@ -35,6 +35,10 @@ _shared_gate_lock = threading.Lock()
 #: Seconds ``start()`` may spend asking for the daily session-start limit when ``gateway_url`` was
 #: given (a failure is said once and the client connects without it).
 LIMIT_LOOKUP_TIMEOUT = 3.0
+# close(timeout) with a session store keeps this share of its timeout (at most the second figure)
+# for the final save when a handler outlives the rest.
+FINAL_SAVE_SHARE = 0.2
+FINAL_SAVE_SHARE_MAX = 1.0
 
 
 def is_loopback_url(url: str) -> bool:
@@ -422,13 +426,16 @@ class GatewayClient(HandlerMethods):
         if sup is None or disp is None:
             return
         deadline = time.monotonic() + timeout
+        # With a session store, the last slice of the timeout is kept for the final save in case a
+        # handler is still running when the handlers' share runs out.
+        save_share = min(FINAL_SAVE_SHARE_MAX, timeout * FINAL_SAVE_SHARE) if sup.has_store else 0.0
         current = threading.current_thread()
         if not sup.stopped.is_set():
             sup.post(("stop", code, max(0.0, timeout * 0.8)))
         if current is not sup.thread:
             sup.thread.join(max(0.0, deadline - time.monotonic()))
         if current is not disp.thread and disp.thread.is_alive():
-            disp.thread.join(max(0.0, deadline - time.monotonic()))
+            disp.thread.join(max(0.0, deadline - save_share - time.monotonic()))
             if disp.thread.is_alive():
                 # Once close() returns no handler call starts; one still running is named.
                 disp.halt()
@@ -439,9 +446,12 @@ class GatewayClient(HandlerMethods):
                         "no later handler will start",
                         timeout, running[0], running[1], time.monotonic() - running[2],
                     )
-                    # Save the session as handled so far. (Stuck in a session-store write
-                    # instead, the dispatcher finishes that save itself: never wait on it here.)
-                    sup.final_persist()
+                    # Save the session as handled so far, within what is left of the timeout.
+                    # (Stuck in a session-store write instead, the dispatcher finishes that save
+                    # itself: never wait on it here.)
+                    if not sup.final_persist_within(deadline - time.monotonic()):
+                        log.warning("close(): the session store is slow; the final save of the "
+                                    "session finishes in the background")
         if sup.thread.is_alive() and current is not sup.thread:
             log.warning("close() timed out after %.1fs; threads left to finish as daemons", timeout)
 
@@ -616,6 +626,8 @@ class GatewayClient(HandlerMethods):
         if sup is None:
             return []
         out = [sup.thread, sup.dispatcher.thread] + [c.thread for c in sup.readers() + sup.orphans]
+        if sup.saver is not None:
+            out.append(sup.saver)
         return [t for t in out if t.is_alive()]
 
 

@@ -97,6 +97,7 @@ class Supervisor:
         self._store_retry_at = 0.0
         self._final_lock = threading.Lock()
         self._final_done = False
+        self.saver: Optional[threading.Thread] = None  # close()'s bounded final save, while it runs
         self._loop_done = False
         self._stream_error: Optional[str] = None  # the last corrupt-stream error, while it repeats
         self._stream_errors = 0
@@ -418,6 +419,24 @@ class Supervisor:
                 return
             self._final_done = True
             self._write_store(final=True)
+
+    @property
+    def has_store(self) -> bool:
+        return self._store is not None
+
+    def final_persist_within(self, seconds: float) -> bool:
+        """``final_persist`` for ``close()`` when its timeout cut a handler short: run on a thread of
+        its own and waited for at most *seconds*, so a session store that waits on another process
+        (a file lock held elsewhere, a frozen Redis) cannot make ``close()`` overrun its timeout.
+        Returns whether the save ended in time; if not, it finishes in the background."""
+        if self._store is None or not self._loop_done or self._final_done:
+            return True
+        saver = threading.Thread(target=self.final_persist, daemon=True,
+                                 name=f"sync_gateway-shard{self.shard_id}-final-save")
+        self.saver = saver
+        saver.start()
+        saver.join(max(0.0, seconds))
+        return not saver.is_alive()
 
     def _add_orphan(self, conn: Connection) -> None:
         """Keep a handle on an abandoned reader while it lives (``threads()``), never forever."""

@@ -497,6 +497,54 @@ def test_09_close_returns_with_a_warning_and_no_later_handler_starts(make_client
     assert calls == [0]
 
 
+def test_09_a_stuck_handler_and_a_store_locked_elsewhere_cost_close_no_more_than_its_timeout(
+        make_client, gateway, tmp_path, caplog):
+    store_path = tmp_path / "sessions.json"
+    client, rec = make_client(session_store=FileSessionStore(store_path))
+    release = threading.Event()
+    handled = []
+
+    @client.on("MESSAGE_CREATE")
+    def stuck(event):
+        handled.append(event.seq)
+        release.wait(20)
+
+    holder = None
+    try:
+        client.start()
+        assert client.wait_until_ready(10)
+        holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(store_path) + ".lock"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert holder.stdout.readline().strip() == b"locked"
+        gateway.dispatch_many("MESSAGE_CREATE", [{"i": 0}, {"i": 1}])
+        assert wait_until(lambda: len(handled) == 1)
+        with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+            started = time.monotonic()
+            client.close(timeout=2, keep_session=True)
+            assert time.monotonic() - started < 2.5
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("still runs" in m for m in messages)
+        assert any("finishes in the background" in m for m in messages)
+        saver = client._supervisor.saver
+        assert saver is not None and saver in client.threads()
+        holder.stdin.close()  # the other process lets go: the save goes through
+        holder.wait(10)
+        saver.join(10)
+        assert not saver.is_alive()
+        saved = FileSessionStore(store_path).load(session_key(TOKEN, 0, 1))
+        # the handler that never returned does not count as handled: the next RESUME replays it
+        assert saved is not None and saved.seq == handled[0] - 1
+    finally:
+        release.set()
+        if holder is not None and holder.poll() is None:
+            holder.stdin.close()
+            holder.wait(10)
+        if holder is not None:
+            holder.stdout.close()
+        client._supervisor.dispatcher.thread.join(5)
+    assert handled == handled[:1]
+
+
 # -------------------------------------------------------------------------------- 10
 
 
