@@ -307,7 +307,7 @@ class Decoder:
             and self._inflate is not None
             and loads is _JSON_LOADS
             and not self._buffer
-            and all(binary and data[-4:] == ZLIB_SUFFIX for data, binary in messages)
+            and all([binary and data.endswith(ZLIB_SUFFIX) for data, binary in messages])
         ):
             inflate = self._inflate
             snapshot = inflate.copy()

@@ -268,7 +268,7 @@ class Connection:
         post = self._post
         epoch = self.epoch
         next_frame = reader.next_frame
-        take = reader.take
+        take_messages = reader.take_messages
         complete = reader.complete
         raws: List[Tuple[Any, bool]] = []  # whole messages (body, binary), not yet decoded and handed over
         fragments: List[Any] = []
@@ -296,40 +296,45 @@ class Connection:
 
         try:
             while True:
+                if not fragments:
+                    # Every whole unfragmented message already in the buffer, at once (no read).
+                    take_messages(raws, MAX_BATCH)
                 if raws and (len(raws) >= MAX_BATCH or not complete()):
-                    # Nothing more is complete yet: hand over what we have before waiting.
+                    # A full batch, or nothing more is complete yet: hand over before waiting.
                     flush()
-                # Every frame already complete in the buffer at once (no read); else wait for one.
-                for fin, opcode, data in take(MAX_BATCH) or (next_frame(),):
-                    if fin and not fragments and (opcode == _OP_BINARY or opcode == _OP_TEXT):
-                        pass  # the common case: one frame, one message
-                    elif opcode == _OP_TEXT or opcode == _OP_BINARY:
-                        if fragments:
-                            raise websocket.WebSocketProtocolException("new message inside a fragmented one")
-                        fragments, fragment_op, size = [data], opcode, len(data)
+                    continue
+                # Anything else, one frame: a control frame, a fragment, or (reading) the next one.
+                fin, opcode, data = next_frame()
+                if fin and not fragments and (opcode == _OP_BINARY or opcode == _OP_TEXT):
+                    pass  # one frame, one message (a frame that arrived in pieces)
+                elif opcode == _OP_TEXT or opcode == _OP_BINARY:
+                    if fragments:
+                        raise websocket.WebSocketProtocolException("new message inside a fragmented one")
+                    fragments, fragment_op, size = [data], opcode, len(data)
+                    continue
+                elif opcode == _OP_CONT:
+                    if not fragments:
+                        raise websocket.WebSocketProtocolException("continuation frame without a start")
+                    fragments.append(data)
+                    size += len(data)
+                    if size > MAX_MESSAGE_BYTES:
+                        raise websocket.WebSocketProtocolException(f"message over {MAX_MESSAGE_BYTES} bytes")
+                    if not fin:
                         continue
-                    elif opcode == _OP_CONT:
-                        if not fragments:
-                            raise websocket.WebSocketProtocolException("continuation frame without a start")
-                        fragments.append(data)
-                        size += len(data)
-                        if size > MAX_MESSAGE_BYTES:
-                            raise websocket.WebSocketProtocolException(f"message over {MAX_MESSAGE_BYTES} bytes")
-                        if not fin:
-                            continue
-                        data, opcode, fragments = b"".join(fragments), fragment_op, []
-                    elif opcode == _OP_CLOSE:
+                    data, opcode, fragments = b"".join(fragments), fragment_op, []
+                elif opcode == _OP_CLOSE:
+                    if raws:
                         flush()
-                        return self._on_close_frame(bytes(data))
-                    elif opcode == _OP_PING:
-                        with self._send_lock:
-                            self._send_frame(_OP_PONG, bytes(data))
-                        continue
-                    elif opcode == _OP_PONG:
-                        continue
-                    else:
-                        raise websocket.WebSocketProtocolException(f"unknown websocket opcode {opcode}")
-                    raws.append((data, opcode == _OP_BINARY))
+                    return self._on_close_frame(bytes(data))
+                elif opcode == _OP_PING:
+                    with self._send_lock:
+                        self._send_frame(_OP_PONG, bytes(data))
+                    continue
+                elif opcode == _OP_PONG:
+                    continue
+                else:
+                    raise websocket.WebSocketProtocolException(f"unknown websocket opcode {opcode}")
+                raws.append((data, opcode == _OP_BINARY))
         finally:
             if raws:
                 flush()
@@ -403,18 +408,23 @@ class _FrameReader:
             return avail >= 4 and avail >= 4 + int.from_bytes(buf[pos + 2 : pos + 4], "big")
         return avail >= 10 and avail >= 10 + int.from_bytes(buf[pos + 2 : pos + 10], "big")
 
-    def take(self, limit: int) -> List[Tuple[bool, int, bytearray]]:
-        """Up to *limit* frames that are already whole in the buffer, without reading; the same
-        checks as :meth:`next_frame`. One call per burst instead of one per frame."""
+    def take_messages(self, out: List[Tuple[Any, bool]], limit: int) -> None:
+        """Append ``(payload, binary)`` for each whole, unfragmented text or binary frame at the
+        head of the buffer, without reading, until *out* holds *limit* messages. Stops at anything
+        else (a frame not yet whole, a control frame, a fragment, any bit that is not plain), which
+        :meth:`next_frame` then takes, with its checks and errors. One call per burst: the first
+        header byte of a plain message is 0x81 or 0x82 (FIN, no reserved bits, text or binary) and
+        the second is below 0x80 (not masked), so one comparison each classifies it."""
         buf = self.buf
         pos = self.pos
         end_buf = len(buf)
-        out: List[Tuple[bool, int, bytearray]] = []
         append = out.append
-        while end_buf - pos >= 2 and len(out) < limit:
+        n = len(out)
+        while n < limit and end_buf - pos >= 2:
             b1 = buf[pos]
-            b2 = buf[pos + 1]
-            length = b2 & 0x7F
+            if b1 != 0x82 and b1 != 0x81:
+                break
+            length = buf[pos + 1]
             head = 2
             if length >= 126:
                 if length == 126:
@@ -422,20 +432,22 @@ class _FrameReader:
                         break
                     length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
                     head = 4
-                else:
+                elif length == 127:
                     if end_buf - pos < 10:
                         break
                     length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                     head = 10
-            if b1 & 0x70 or b2 & 0x80 or length > MAX_MESSAGE_BYTES or (b1 & 0x08 and (length > 125 or not b1 & 0x80)):
-                break  # next_frame() raises the precise error
+                    if length > MAX_MESSAGE_BYTES:
+                        break
+                else:
+                    break  # masked
             end = pos + head + length
             if end > end_buf:
                 break
-            append((b1 & 0x80 != 0, b1 & 0x0F, buf[pos + head : end]))
+            append((buf[pos + head : end], b1 == 0x82))
+            n += 1
             pos = end
         self.pos = pos
-        return out
 
     def _fill(self, need: int) -> None:
         buf = self.buf

@@ -22,7 +22,6 @@ from .values import (
     AbortSocket,
     Action,
     CloseSocket,
-    Deliver,
     Dispatch,
     Emit,
     LifecycleConfig,
@@ -80,6 +79,10 @@ class _Phase(enum.Enum):
     CLOSED = "closed"
     FAILED = "failed"
 
+
+#: Builds a Dispatch from its fields without NamedTuple's generated ``__new__`` (a Python call per
+#: event on the hot path); every field is given, so nothing differs from ``Dispatch(*fields)``.
+_new_tuple = tuple.__new__
 
 _PUBLIC_STATE: Dict["_Phase", State] = {
     _Phase.IDLE: "idle",
@@ -369,11 +372,12 @@ class ShardMachine:
         actions list for the batch instead of one per frame."""
         actions: List[Action] = []
         on_dispatch = self._on_dispatch
+        dispatch = Op.DISPATCH
         for payload in payloads:
             s = self.sock
             if s is None or s.epoch != epoch:
                 self.stale_frames += 1
-            elif payload.get("op") == Op.DISPATCH:
+            elif payload.get("op") == dispatch:
                 on_dispatch(s, payload, now, actions)
             else:
                 actions += self.frame(epoch, payload, now)
@@ -567,7 +571,7 @@ class ShardMachine:
         *out* what it calls for (the event to deliver, and READY/RESUMED's lifecycle steps).
 
         The common case (the next event of a live session) runs first and allocates nothing but
-        the :class:`Dispatch` and its :class:`Deliver`: this is the hot path of the whole client.
+        the :class:`Dispatch` (the action "deliver this"): this is the hot path of the whole client.
         """
         seq = payload.get("s")
         name = payload.get("t")
@@ -606,7 +610,7 @@ class ShardMachine:
             out += self._established(s, "ready", now)
         elif name == "RESUMED":
             out += self._established(s, "resumed", now)
-        out.append(Deliver(Dispatch(name, data, seq, self.shard_id, session.session_id, now)))
+        out.append(_new_tuple(Dispatch, (name, data, seq, self.shard_id, session.session_id, now)))
 
     def _established(self, s: _Socket, kind: LifecycleKind, now: float) -> List[Action]:
         if self.phase is _Phase.READY:

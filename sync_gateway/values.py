@@ -182,10 +182,6 @@ class ReserveSends:
     slots: int
 
 
-class Deliver(NamedTuple):
-    dispatch: Dispatch
-
-
 @dataclass(frozen=True)
 class Emit:
     event: LifecycleEvent
@@ -206,7 +202,7 @@ Action = Union[
     OrphanReader,
     SetReadTimeout,
     ReserveSends,
-    Deliver,
+    Dispatch,  # the action "deliver this event"
     Emit,
     Stopped,
 ]
