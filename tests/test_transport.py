@@ -323,3 +323,69 @@ def test_identify_gate_wait_longer_than_hello_timeout_is_not_a_read_timeout(gate
     client.start()
     assert client.wait_until_ready(10)
     assert len(gateway.connections) == 1 and rec.kinds().count("disconnected") == 0
+
+
+def _server_frame(first_byte, payload, masked=False):
+    n = len(payload)
+    if n < 126:
+        head = bytes([first_byte, n | (0x80 if masked else 0)])
+    elif n < 65536:
+        head = bytes([first_byte, 126 | (0x80 if masked else 0)]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([first_byte, 127 | (0x80 if masked else 0)]) + n.to_bytes(8, "big")
+    return head + (b"\x00\x00\x00\x00" if masked else b"") + payload
+
+
+def test_reader_takes_whole_plain_messages_at_once_and_leaves_everything_else_to_next_frame():
+    """take_messages (the reader's fast path) takes whole, unfragmented text and binary frames of
+    every length encoding, in order, up to the limit, and stops at anything else: a control frame,
+    a fragment, a masked frame, reserved bits, a frame not yet whole. Those go to next_frame()."""
+    a, b = socket.socketpair()
+    try:
+        conn = dataclasses.make_dataclass("C", ["_sock", "_read_timeout", "_last_rx"])(a, 5.0, 0.0)
+        big = os.urandom(70_000)
+        buf = (
+            _server_frame(0x82, b"x" * 10)
+            + _server_frame(0x81, b"y" * 200)
+            + _server_frame(0x82, big)
+            + _server_frame(0x89, b"ping")  # a ping stops the batch
+            + _server_frame(0x82, b"after")
+            + _server_frame(0x02, b"frag")  # a fragment's first frame (no FIN)
+            + _server_frame(0x80, b"ment")
+            + _server_frame(0xC2, b"rsv")  # a reserved bit
+        )
+        reader = connection_mod._FrameReader(conn, buf)
+        out = []
+        reader.take_messages(out, 2)  # the limit holds
+        assert [bytes(d) for d, _ in out] == [b"x" * 10, b"y" * 200]
+        reader.take_messages(out, 64)
+        assert [(bytes(d), binary) for d, binary in out] == [(b"x" * 10, True), (b"y" * 200, False), (big, True)]
+        assert reader.next_frame() == (True, 0x9, b"ping")
+        out.clear()
+        reader.take_messages(out, 64)
+        assert [bytes(d) for d, _ in out] == [b"after"]
+        out.clear()
+        reader.take_messages(out, 64)
+        assert out == []  # the fragment is next_frame()'s
+        assert reader.next_frame() == (False, 0x2, b"frag")
+        assert reader.next_frame() == (True, 0x0, b"ment")
+        reader.take_messages(out, 64)
+        assert out == []
+        with pytest.raises(Exception, match="reserved bits"):
+            reader.next_frame()
+
+        masked = connection_mod._FrameReader(conn, _server_frame(0x82, b"m", masked=True))
+        masked.take_messages(out, 64)
+        assert out == []
+        with pytest.raises(Exception, match="masked"):
+            masked.next_frame()
+
+        frame = _server_frame(0x82, b"z" * 300)
+        cut = connection_mod._FrameReader(conn, frame[:150])  # the rest has not arrived
+        cut.take_messages(out, 64)
+        assert out == [] and cut.complete() is False
+        b.sendall(frame[150:])
+        assert cut.next_frame() == (True, 0x2, b"z" * 300)
+    finally:
+        a.close()
+        b.close()
