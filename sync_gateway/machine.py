@@ -22,6 +22,7 @@ from .values import (
     AbortSocket,
     Action,
     CloseSocket,
+    Deliver,
     Dispatch,
     Emit,
     LifecycleConfig,
@@ -80,8 +81,9 @@ class _Phase(enum.Enum):
     FAILED = "failed"
 
 
-#: Builds a Dispatch from its fields without NamedTuple's generated ``__new__`` (a Python call per
-#: event on the hot path); every field is given, so nothing differs from ``Dispatch(*fields)``.
+#: Builds a Dispatch and its Deliver from their fields without NamedTuple's generated ``__new__``
+#: (a Python call each, per event, on the hot path); every field is given, so nothing differs from
+#: ``Deliver(Dispatch(*fields))``.
 _new_tuple = tuple.__new__
 
 _PUBLIC_STATE: Dict["_Phase", State] = {
@@ -571,7 +573,7 @@ class ShardMachine:
         *out* what it calls for (the event to deliver, and READY/RESUMED's lifecycle steps).
 
         The common case (the next event of a live session) runs first and allocates nothing but
-        the :class:`Dispatch` (the action "deliver this"): this is the hot path of the whole client.
+        the :class:`Dispatch` and its :class:`Deliver`: this is the hot path of the whole client.
         """
         seq = payload.get("s")
         name = payload.get("t")
@@ -610,7 +612,8 @@ class ShardMachine:
             out += self._established(s, "ready", now)
         elif name == "RESUMED":
             out += self._established(s, "resumed", now)
-        out.append(_new_tuple(Dispatch, (name, data, seq, self.shard_id, session.session_id, now)))
+        new = _new_tuple
+        out.append(new(Deliver, (new(Dispatch, (name, data, seq, self.shard_id, session.session_id, now)),)))
 
     def _established(self, s: _Socket, kind: LifecycleKind, now: float) -> List[Action]:
         if self.phase is _Phase.READY:

@@ -22,7 +22,7 @@ from .protocol import (
     AbortSocket,
     Action,
     CloseSocket,
-    Dispatch,
+    Deliver,
     Emit,
     Open,
     OrphanReader,
@@ -230,8 +230,8 @@ class Supervisor:
         while i < len(actions):
             a = actions[i]
             i += 1
-            if a.__class__ is Dispatch:
-                deliveries.append(a)
+            if a.__class__ is Deliver:
+                deliveries.append(a.dispatch)
                 continue
             if isinstance(a, Emit):
                 deliveries.append(a.event)

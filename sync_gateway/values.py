@@ -182,6 +182,10 @@ class ReserveSends:
     slots: int
 
 
+class Deliver(NamedTuple):
+    dispatch: Dispatch
+
+
 @dataclass(frozen=True)
 class Emit:
     event: LifecycleEvent
@@ -202,7 +206,7 @@ Action = Union[
     OrphanReader,
     SetReadTimeout,
     ReserveSends,
-    Dispatch,  # the action "deliver this event"
+    Deliver,
     Emit,
     Stopped,
 ]

@@ -250,7 +250,7 @@ def kinds(actions):
 
 
 def delivered(actions):
-    return [a for a in actions if isinstance(a, p.Dispatch)]
+    return [a.dispatch for a in actions if isinstance(a, p.Deliver)]
 
 
 # ------------------------------------------------------------------------------------ happy path
@@ -821,8 +821,8 @@ def test_invariants_hold_for_any_input_sequence(inputs, seed):
             elif isinstance(a, p.OrphanReader):
                 assert a.epoch in aborted
                 live.discard(a.epoch)
-            elif isinstance(a, p.Dispatch):
-                d = a
+            elif isinstance(a, p.Deliver):
+                d = a.dispatch
                 if d.name == "READY":
                     last_seq = d.seq
                 elif d.seq is not None:
