@@ -28,7 +28,7 @@ def no_leaked_threads():
 # Integration fixtures: a FakeGateway on 127.0.0.1 and clients that are always closed.
 
 from sync_gateway import GatewayClient, MemoryIdentifyGate  # noqa: E402
-from support import FAST, TOKEN, Recorder, client_options, gateway_options  # noqa: E402
+from support import TOKEN, Recorder, client_options, fast_for, gateway_options  # noqa: E402
 
 
 def pytest_configure(config):
@@ -67,13 +67,19 @@ def gateway(transport, monkeypatch):
 
 
 @pytest.fixture
-def make_client(gateway):
+def fast(transport):
+    """The lifecycle config for this test's transport (support.fast_for): FAST, or PIECES in pieces."""
+    return fast_for(transport)
+
+
+@pytest.fixture
+def make_client(gateway, fast):
     """make_client(url=None, **kwargs) -> (client, recorder); every client is closed at teardown.
     Over TLS the client trusts the gateway's test certificate (see support.client_options)."""
     made = []
 
     def make(url=None, **kwargs):
-        kwargs.setdefault("config", FAST)
+        kwargs.setdefault("config", fast)
         kwargs.setdefault("identify_gate", MemoryIdentifyGate(interval=0.0, margin=0.0))
         kwargs.setdefault("gateway_url", url or gateway.url)
         client = GatewayClient(TOKEN, **client_options(gateway, **kwargs))

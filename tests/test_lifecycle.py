@@ -20,14 +20,14 @@ def fast_gate():
 
 
 @pytest.fixture
-def proxied(gateway):
+def proxied(gateway, fast):
     """(proxy, make) where make(**kw) -> (client, recorder) connects through the freezing proxy."""
     clients = []
     with freezing_proxy(gateway) as proxy:
         gateway.resume_gateway_url = proxy.url
 
         def make(**kw):
-            kw.setdefault("config", FAST)
+            kw.setdefault("config", fast)
             kw.setdefault("identify_gate", fast_gate())
             client = sg.GatewayClient(TOKEN, gateway_url=proxy.url, **client_options(gateway, **kw))
             clients.append(client)
@@ -132,7 +132,7 @@ def test_op9(gateway, make_client, resumable):
     gateway.connections[0].invalid_session(resumable)
     if resumable:
         rec.wait_kind("resumed")
-        assert handshakes(gateway) == ["I", "R"]
+        assert handshakes(gateway) == ["I", "R"], (client.status().last_disconnect, client.status().last_error)
         assert gateway.connections[0].client_close_code == 4000
     else:
         rec.wait_kind("ready", 2)
@@ -228,9 +228,9 @@ def test_reconnect_requests_coalesce(gateway, make_client):
 
 
 @ALL_TRANSPORTS
-def test_repeated_forced_reconnects_on_frozen_sockets_never_two_live(gateway, proxied):
+def test_repeated_forced_reconnects_on_frozen_sockets_never_two_live(gateway, proxied, fast):
     proxy, make = proxied
-    cfg = dataclasses.replace(FAST, drain_timeout=0.3, force_close_timeout=0.2)
+    cfg = dataclasses.replace(fast, drain_timeout=0.3, force_close_timeout=0.2)
     client, rec = make(config=cfg)
     client.start()
     assert client.wait_until_ready(10)
@@ -242,5 +242,5 @@ def test_repeated_forced_reconnects_on_frozen_sockets_never_two_live(gateway, pr
     assert proxy.max_live == 1
     assert len(client.threads()) == 3
     st = client.status()
-    assert st.orphaned_readers == 0 and st.reconnects == 12
+    assert st.orphaned_readers == 0 and st.reconnects == 12, (st.last_disconnect, st.last_error)
     assert handshakes(gateway)[1:] == ["I", "R"] * 6

@@ -13,7 +13,7 @@ import pytest
 
 import sync_gateway as sg
 from sync_gateway.testing import FakeGateway, Trickle
-from support import FAST, TOKEN, Recorder, client_options, freezing_proxy, handshakes, wait_until
+from support import FAST, PIECES, TOKEN, Recorder, client_options, freezing_proxy, handshakes, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,12 +142,6 @@ def test_frame_cut_anywhere_is_reassembled(gateway, make_client, cut):
 
 
 # ------------------------------------------------------------------------------ READY and RESUME in pieces
-
-
-#: FAST, with HELLO/READY deadlines long enough for a READY delivered a few bytes at a time on a
-#: loaded machine (CI saw 3 s pass once on Python 3.13): a deadline hit there is the machine's
-#: slowness, not what these tests are about.
-PIECES = dataclasses.replace(FAST, hello_timeout=10.0, ready_timeout=10.0)
 
 
 def _ready_resume_replay(gw, client, rec):

@@ -121,12 +121,12 @@ def test_seed_06_old_socket_ignores_close_frame_hard_close_after_drain(gateway, 
 
 
 @ALL_TRANSPORTS
-def test_seed_07_reader_survives_hard_close_is_orphaned(gateway):
+def test_seed_07_reader_survives_hard_close_is_orphaned(gateway, fast):
     release = threading.Event()
     with freezing_proxy(gateway) as proxy:
         gateway.resume_gateway_url = proxy.url
         client = sg.GatewayClient(TOKEN, **client_options(
-            gateway, gateway_url=proxy.url, config=FAST, identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0),
+            gateway, gateway_url=proxy.url, config=fast, identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0),
             _connection_factory=stuck_reader_factory(release, epochs={1})))
         from support import Recorder
 
@@ -280,10 +280,10 @@ def test_seed_17_successful_reopen_disarms_stall_deadlines(gateway, make_client)
 
 
 @ALL_TRANSPORTS
-def test_seed_18_errors_expected_while_shutting_down_logged_at_debug(gateway, caplog):
+def test_seed_18_errors_expected_while_shutting_down_logged_at_debug(gateway, caplog, fast):
     with freezing_proxy(gateway) as proxy:
         client = sg.GatewayClient(TOKEN, **client_options(
-            gateway, gateway_url=proxy.url, config=FAST, identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0)))
+            gateway, gateway_url=proxy.url, config=fast, identify_gate=sg.MemoryIdentifyGate(interval=0, margin=0)))
         client.start()
         assert client.wait_until_ready(10)
         proxy.freeze()
