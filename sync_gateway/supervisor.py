@@ -432,7 +432,7 @@ class Supervisor:
         if self._store is None or not self._loop_done or self._final_done:
             return True
         saver = threading.Thread(target=self.final_persist, daemon=True,
-                                 name=f"sync_gateway-shard{self.shard_id}-final-save")
+                                 name=f"sync_gateway-final-save-s{self.shard_id}")
         self.saver = saver
         saver.start()
         saver.join(max(0.0, seconds))
