@@ -258,6 +258,7 @@ def test_04_close_during_start_wins(gateway):
 def test_04_close_at_every_point_of_start(gateway):
     """close() from another thread at a spread of moments during start(): once close() returned
     and the threads are gone, nothing connects any more."""
+    sockets = 0  # opened by the clients of this test, all of them
     for delay in (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01):
         client = GatewayClient(TOKEN, gateway_url=gateway.url, config=FAST,
                                identify_gate=MemoryIdentifyGate(interval=0, margin=0))
@@ -278,9 +279,14 @@ def test_04_close_at_every_point_of_start(gateway):
         assert closed.is_set()
         assert wait_until(lambda: client.threads() == [], timeout=5)
         assert wait_until(lambda: gateway.live_connections() == 0, timeout=5)
-        n = len(gateway.connections)
+        opened = client.status().epoch  # the sockets this client opened, all before close() returned
         threading.Event().wait(0.2)  # nothing may happen now: there is no event for "nothing"
-        assert len(gateway.connections) == n and client.status().state in ("closed", "idle")
+        assert client.status().epoch == opened and client.status().state in ("closed", "idle")
+        # The fake registers a connection when it has read its upgrade request, which can come
+        # after the client's threads are gone (CI saw it once): it may show one of those sockets
+        # late, never one more than the clients opened.
+        sockets += opened
+        assert len(gateway.connections) <= sockets
 
 
 # -------------------------------------------------------------------------------- 5
