@@ -14,12 +14,23 @@ the client allocate hundreds of MB.
 """
 import json
 import json.scanner
+import re
 import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union, cast
 
 from .errors import ConfigError
 
-__all__ = ["Decoder", "DecodeError", "CompressionError", "COMPRESSIONS", "encode", "check_compress", "loads"]
+__all__ = [
+    "Decoder",
+    "DecodeError",
+    "CompressionError",
+    "COMPRESSIONS",
+    "encode",
+    "check_compress",
+    "loads",
+    "dispatch_head",
+    "dispatch_data",
+]
 
 COMPRESSIONS = (None, "zlib-stream", "zstd-stream")
 ZLIB_SUFFIX = b"\x00\x00\xff\xff"
@@ -60,9 +71,11 @@ try:  # optional speed extra
     import orjson
 
     loads: Callable[[Union[bytes, bytearray, str]], Any] = orjson.loads
+    _ORJSON_LOADS: Any = orjson.loads
     _JSON_ERRORS: Tuple[Type[BaseException], ...] = (orjson.JSONDecodeError, UnicodeDecodeError, ValueError)
 except ImportError:  # pragma: no cover - depends on the environment
     loads = json.loads
+    _ORJSON_LOADS = None
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, ValueError)
 
 
@@ -141,6 +154,34 @@ def check_compress(compress: Optional[str]) -> Optional[str]:
 def encode(payload: Dict[str, Any]) -> str:
     """Compact JSON for sending (client frames are never compressed)."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+_SEAM = re.compile(rb"\}\{")
+
+
+def _split_objects(joined: bytes, count: int) -> Optional[List[bytes]]:
+    """*joined*, the texts of *count* payloads one after the other, cut into them; None unless
+    the cut is unambiguous (then the caller inflates message by message).
+
+    Discord writes every payload as one compact object whose first key is "t", so a burst reads
+    ``{"t":...}{"t":...}``. Outside a string, valid JSON never holds ``}{``; so when the text
+    holds exactly count - 1 of them, each one followed by ``"t":``, each is where a payload ends
+    (a ``}{`` inside a message's string, or a payload written otherwise, makes the count or the
+    check fail: the burst goes message by message). Only a burst that holds invalid JSON shaped
+    like a payload head could be cut elsewhere, and then its pieces fail to parse and are
+    reported as malformed payloads."""
+    if not joined.startswith(b'{"t":') or joined[-1:] != b"}" or joined.count(b"}{") != count - 1:
+        return None
+    texts = []
+    start = 0
+    for m in _SEAM.finditer(joined):
+        cut = m.start() + 1
+        if not joined.startswith(b'"t":', cut + 1):
+            return None
+        texts.append(joined[start:cut])
+        start = cut
+    texts.append(joined[start:])
+    return texts
 
 
 class Decoder:
@@ -287,59 +328,51 @@ class Decoder:
             return self._inflate_zstd(data)
         raise DecodeError("binary frame on a connection without compression")
 
-    def decode_many(
+    def inflate_many(
         self, messages: List[Tuple[Any, bool]]
-    ) -> Tuple[List[Union[Dict[str, Any], DecodeError]], Optional[CompressionError]]:
-        """Messages of this socket, in order -> (payloads, with a DecodeError in the place of each
-        one that is not a JSON object; the CompressionError that ended the stream, if one did).
-        The payloads before a corrupt message are still returned: they were fine.
+    ) -> Tuple[List[Union[bytes, bytearray, str, "DecodeError"]], Optional["CompressionError"]]:
+        """Messages of this socket, in order -> (their JSON texts, not parsed, with a DecodeError in
+        the place of a message that cannot be one; the CompressionError that ended the stream, if
+        one did). The texts before a corrupt message are still returned: they were fine.
 
-        With zlib-stream and the stdlib ``json`` (the default without orjson), whole messages are
-        inflated in ONE call and the JSON objects read one after the other out of the text: each
-        ``decompress`` releases the GIL, and with several shards' readers in one process a release
-        per event became a thread switch per event. Anything unusual (a message split over several
-        websocket messages, a corrupt stream, text that does not read as exactly one object per
-        message) falls back to message by message from a copy of the zlib context taken before.
-        """
-        out: List[Union[Dict[str, Any], DecodeError]] = []
+        Parsing is left to whoever reads the payload (see :func:`dispatch_head`): an event is
+        parsed on the dispatcher thread, where its handlers run and its objects are freed, not on
+        the reader thread; objects made on one core and used and freed on another cost more than
+        the parsing itself."""
+        out: List[Union[bytes, bytearray, str, DecodeError]] = []
         if (
             len(messages) > 1
             and self._inflate is not None
-            and loads is _JSON_LOADS
             and not self._buffer
             and all([binary and data.endswith(ZLIB_SUFFIX) for data, binary in messages])
         ):
-            inflate = self._inflate
-            snapshot = inflate.copy()
+            # A burst of whole zlib-stream messages: ONE inflate call for all of them. Each call
+            # releases the GIL, and with several shards in one process a release per event was a
+            # thread switch per event. The texts are cut apart where one payload ends and the next
+            # begins (_split_objects); when that is not unambiguous, the burst is inflated again
+            # message by message from a copy of the context taken before.
+            zobj = self._inflate
+            snapshot = zobj.copy()
             try:
-                raw = inflate.decompress(b"".join([data for data, _ in messages]), MAX_INFLATED_BYTES)
-                if not inflate.unconsumed_tail:
-                    text = raw.decode("utf-8")
-                    end = len(text)
-                    pos = 0
-                    scan = _scan_json
-                    for _ in messages:
-                        obj, pos = scan(text, pos)
-                        if obj.__class__ is not dict:
-                            break
-                        out.append(obj)
-                    else:
-                        if pos == end:
-                            return out, None
-            except (zlib.error, StopIteration, UnicodeDecodeError, ValueError, RecursionError):
+                joined = zobj.decompress(b"".join([data for data, _ in messages]), MAX_INFLATED_BYTES)
+                if not zobj.unconsumed_tail:
+                    texts = _split_objects(joined, len(messages))
+                    if texts is not None:
+                        return cast(List[Union[bytes, bytearray, str, DecodeError]], texts), None
+            except zlib.error:
                 pass
-            out = []
             self._inflate = snapshot
-        parse = self.parse
+        inflate = self.inflate
         for data, binary in messages:
             try:
-                text_or_none = self.inflate(data, binary)
-                if text_or_none is not None:
-                    out.append(parse(text_or_none))
+                text = inflate(data, binary)
             except DecodeError as exc:
                 out.append(exc)
+                continue
             except CompressionError as exc:
                 return out, exc
+            if text is not None:
+                out.append(text)
         return out, None
 
     @staticmethod
@@ -353,3 +386,55 @@ class Decoder:
         if not isinstance(payload, dict):
             raise DecodeError(f"payload is a JSON {type(payload).__name__}, not an object")
         return payload
+
+
+# The head of a dispatch, up to its "d": as Discord sends it ({"t":"NAME","s":SEQ,"op":0,"d":...})
+# and as its documentation writes it ({"op":0,"t":"NAME","s":SEQ,"d":...}). Inside a JSON string a
+# quote is always escaped, so these bytes at the start of a message are the payload's own keys.
+_HEAD_T_FIRST = re.compile(rb'\{"t":"([A-Z0-9_]{1,100})","s":(0|[1-9][0-9]{0,17}),"op":0,"d":').match
+_HEAD_OP_FIRST = re.compile(rb'\{"op":0,"t":"([A-Z0-9_]{1,100})","s":(0|[1-9][0-9]{0,17}),"d":').match
+_EVENT_NAMES: Dict[bytes, str] = {}  # one str per event name, not one per event
+
+
+def dispatch_head(raw: Any) -> Optional[Tuple[str, int, int]]:
+    """(event name, seq, where the value of "d" starts) of a dispatch's JSON text whose keys come
+    in one of the two usual orders with "d" last; None for anything else (other payloads, other
+    orders, text that is not bytes), which is then parsed whole. Reads the head only: the rest is
+    parsed by :func:`dispatch_data` where the event is handled."""
+    if raw.__class__ is not bytes and raw.__class__ is not bytearray:
+        return None
+    m = _HEAD_T_FIRST(raw) or _HEAD_OP_FIRST(raw)
+    if m is None:
+        return None
+    name_bytes, seq = m.groups()
+    name = _EVENT_NAMES.get(name_bytes)
+    if name is None:
+        name = name_bytes.decode("ascii")
+        if len(_EVENT_NAMES) < 1000:  # Discord has about a hundred; a hostile peer gets no more room
+            _EVENT_NAMES[bytes(name_bytes)] = name
+    return name, int(seq), m.end()
+
+
+def dispatch_data(raw: Union[bytes, bytearray], start: int, name: str, seq: int) -> Any:
+    """The value of "d" of a dispatch whose head (:func:`dispatch_head`) gave *name*, *seq* and
+    *start*; DecodeError if the text is not valid JSON or its keys say otherwise than its head
+    (a key given twice). Parses from *start* only, and the whole payload when the value is not
+    simply followed by the closing brace."""
+    fn = loads
+    if raw[-1:] == b"}":
+        try:
+            if fn is _JSON_LOADS:
+                text = raw.decode("utf-8")
+                obj, end = _scan_json(text, start)
+                if end == len(text) - 1:
+                    return obj
+            elif fn is _ORJSON_LOADS:
+                return fn(memoryview(raw)[start:-1])  # no copy: orjson takes a memoryview
+            else:
+                return fn(raw[start:-1])
+        except (StopIteration, UnicodeDecodeError, ValueError, RecursionError):  # orjson's errors are ValueErrors
+            pass
+    payload = Decoder.parse(raw)
+    if payload.get("op") != 0 or payload.get("t") != name or payload.get("s") != seq:
+        raise DecodeError(f"dispatch {name} (seq {seq}): its keys disagree with its head (a key given twice?)")
+    return payload.get("d")

@@ -1,7 +1,8 @@
 """One gateway socket and its reader thread (DESIGN.md: "A Connection is disposable").
 
-The reader thread connects (TCP, TLS, websocket handshake), then reads, inflates and decodes
-frames and *posts* them to the supervisor stamped with the socket's epoch. It never touches
+The reader thread connects (TCP, TLS, websocket handshake), then reads and inflates frames and
+*posts* their JSON texts to the supervisor stamped with the socket's epoch (the supervisor reads
+each event's head, the dispatcher parses it). It never touches
 lifecycle state and never runs user code. Its very last post is ``closed``, sent after the OS
 socket is closed, so the supervisor knows that the socket can no longer carry anything.
 
@@ -25,7 +26,7 @@ import websocket
 
 from ._log import get_logger
 from ._version import __version__
-from .codec import CompressionError, DecodeError, Decoder
+from .codec import CompressionError, Decoder
 from .errors import ConfigError
 from .protocol import SEND_LIMIT, SEND_PERIOD
 from .ratelimit import SendWindow
@@ -53,7 +54,7 @@ SUPERVISOR_SEND_LOCK_TIMEOUT = 0.5
 READ_AHEAD_BYTES = 256 * 1024
 #: At most this many payloads are handed to the supervisor in one batch.
 #: Measured (tools/bench.py, 2 cores): 64 beat 256 by ~25 % with 4 shards and was no worse with one:
-#: smaller batches keep the reader from running far ahead of the handlers, so fewer decoded events
+#: smaller batches keep the reader from running far ahead of the handlers, so fewer events
 #: sit in queues (less for the garbage collector to walk, more still in cache when handled).
 MAX_BATCH = 64
 
@@ -264,33 +265,26 @@ class Connection:
         reader = _FrameReader(self, self._initial)
         self._initial = b""
         decoder = self._decoder
-        decode_many = decoder.decode_many
+        inflate_many = decoder.inflate_many
         post = self._post
         epoch = self.epoch
         next_frame = reader.next_frame
         take_messages = reader.take_messages
         complete = reader.complete
-        raws: List[Tuple[Any, bool]] = []  # whole messages (body, binary), not yet decoded and handed over
+        raws: List[Tuple[Any, bool]] = []  # whole messages (body, binary), not yet inflated and handed over
         fragments: List[Any] = []
         fragment_op = 0
         size = 0
 
         def flush() -> None:
-            """Decode the pending messages and hand them over in one batch (a payload that is not
-            a JSON object is reported in its place, between the ones before and after it)."""
-            decoded, error = decode_many(raws)
+            """Inflate the pending messages and hand them over in one batch, unparsed: the
+            supervisor reads each event's head and the dispatcher parses it (DESIGN.md, "Where
+            an event is parsed"); a message that cannot be a payload goes as its DecodeError, in
+            its place."""
+            texts, error = inflate_many(raws)
             raws.clear()
-            batch: List[Dict[str, Any]] = []
-            for payload in decoded:
-                if not isinstance(payload, DecodeError):
-                    batch.append(payload)
-                    continue
-                if batch:
-                    post(("frames", epoch, batch) if len(batch) > 1 else ("frame", epoch, batch[0]))
-                    batch = []
-                post(("bad_frame", epoch, str(payload)))
-            if batch:
-                post(("frames", epoch, batch) if len(batch) > 1 else ("frame", epoch, batch[0]))
+            if texts:
+                post(("raws", epoch, texts))
             if error is not None:
                 raise error
 

@@ -8,10 +8,25 @@ import inspect
 import re
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, TypeVar, Union, overload
+from typing import (
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    NamedTuple,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+    overload,
+)
 
 from ._log import get_logger
-from .protocol import Dispatch, LifecycleEvent
+from .codec import DecodeError, dispatch_data
+from .protocol import DeliverRun, Dispatch, LifecycleEvent
 
 log = get_logger(__name__)
 
@@ -182,6 +197,11 @@ class Dispatcher:
         self.registry = registry
         #: Called on this thread once :meth:`stop` is reached: every queued handler has returned.
         self.on_drained = on_drained
+        #: Called on this thread with the error of an event whose payload could not be parsed
+        #: (it is logged and skipped; the supervisor keeps it as ``status().last_error``).
+        self.on_bad_payload: Optional[Callable[[str], None]] = None
+        self.bad_payloads = 0
+        self._queued = 0  # events in the queue (a DeliverRun holds several)
         self._halted = False
         self._current: Optional[Tuple[Callable[..., Any], str, float]] = None
         self._queue: Deque[Any] = collections.deque()
@@ -206,14 +226,18 @@ class Dispatcher:
     def put(self, item: Union[Dispatch, LifecycleEvent]) -> None:
         self.put_many([item])
 
-    def put_many(self, items: List[Union[Dispatch, LifecycleEvent]]) -> None:
+    def put_many(self, items: List[Union[Dispatch, LifecycleEvent, DeliverRun]]) -> None:
         if not items:
             return
+        events = 0
+        for item in items:
+            events += len(item.events) if item.__class__ is DeliverRun else 1
         with self._cond:
             self._queue.extend(items)
             if self._waiting:
                 self._cond.notify()
-            n = len(self._queue)
+            self._queued += events
+            n = self._queued
         if n > BACKLOG_WARNING and n > 2 * self._backlog_warned_at:
             self._backlog_warned_at = n
             log.warning(
@@ -244,7 +268,35 @@ class Dispatcher:
             self._cond.notify()
 
     def backlog(self) -> int:
-        return len(self._queue)
+        """Events waiting for their handlers (not counting the ones the thread has taken)."""
+        return self._queued
+
+    def _expand(self, batch: Iterable[Any]) -> Iterator[Any]:
+        """The items of *batch*, each :class:`DeliverRun` as its events: parsed here, one at a
+        time, just before their handlers run (the run's order, its shared fields, the name and
+        seq the machine judged). An event whose payload does not parse is logged and skipped;
+        its seq counts as handled."""
+        new = tuple.__new__
+        for item in batch:
+            if item.__class__ is not DeliverRun:
+                yield item
+                continue
+            session_id, shard_id, received_at = item.session_id, item.shard_id, item.received_at
+            for raw, (name, seq, start) in item.events:
+                try:
+                    data = dispatch_data(raw, start, name, seq)
+                except Exception as exc:  # a DecodeError; or whatever a replaced codec.loads raises
+                    self._bad_payload(shard_id, name, seq, str(exc) if isinstance(exc, DecodeError) else repr(exc))
+                    self.handled = (session_id, seq)
+                    continue
+                yield new(Dispatch, (name, data, seq, shard_id, session_id, received_at))
+
+    def _bad_payload(self, shard_id: int, name: str, seq: int, error: str) -> None:
+        self.bad_payloads += 1
+        why = f"{name} (seq {seq}) has a malformed payload: {error}"
+        log.warning("shard %d: skipped an event: %s", shard_id, why)
+        if self.on_bad_payload is not None:
+            self.on_bad_payload(why)
 
     def _run(self) -> None:
         queue = self._queue
@@ -257,12 +309,14 @@ class Dispatcher:
                     self._waiting = False
                 batch = list(queue)
                 queue.clear()
-            if len(batch) < BACKLOG_WARNING:
+                taken = self._queued
+                self._queued = 0
+            if taken < BACKLOG_WARNING:
                 self._backlog_warned_at = 0
             handlers_for = self.registry.handlers_for
             monotonic = time.monotonic
             delivered = 0
-            for item in batch:
+            for item in self._expand(batch):
                 if self._halted or item is _STOP:
                     self.delivered += delivered
                     self._drained()

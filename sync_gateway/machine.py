@@ -5,11 +5,13 @@ Nothing here opens a socket, starts a thread or reads a clock. Time is always th
 :class:`random.Random`, so every rule is tested in microseconds with a fake clock. The supervisor
 thread feeds it inputs (a socket opened, a frame or a batch of frames, a socket closed, a tick of
 the clock, a user request) and executes the actions it returns. DESIGN.md's recovery table, the
-forced fresh reconnect and the invariants are implemented here, each rule once: the batch path
+forced fresh reconnect and the invariants are implemented here, each rule once: the read path
+(:meth:`ShardMachine.raw_frames`, events judged by their heads), the batch path
 (:meth:`ShardMachine.frames`) and the per-frame path share :meth:`ShardMachine._on_dispatch`.
 
 Part of the sans-I/O protocol layer; :mod:`sync_gateway.protocol` re-exports every name. Builds on
-:mod:`sync_gateway.wire` and :mod:`sync_gateway.values` only.
+:mod:`sync_gateway.wire`, :mod:`sync_gateway.values` and :mod:`sync_gateway.codec` (pure
+functions: a dispatch's head, a payload's JSON) only.
 """
 import enum
 import random
@@ -17,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from ._log import get_logger
+from .codec import DecodeError, Decoder, dispatch_head
 from .errors import GatewayError
 from .values import (
     AbortSocket,
     Action,
     CloseSocket,
     Deliver,
+    DeliverRun,
     Dispatch,
     Emit,
     LifecycleConfig,
@@ -368,19 +372,55 @@ class ShardMachine:
             actions += self._plan_reconnect(now, s, was_ready, desc)
         return actions + self._after_teardown(now)
 
-    def frames(self, epoch: int, payloads: Sequence[Mapping[str, Any]], now: float) -> List[Action]:
-        """Several frames of one socket, in order: exactly :meth:`frame` for each (the same rules,
-        not a restatement: a dispatch goes through :meth:`_on_dispatch` either way), with one
-        actions list for the batch instead of one per frame."""
+    def raw_frames(self, epoch: int, raws: Sequence[Any], now: float) -> List[Action]:
+        """Messages of one socket as the reader hands them over, in order: JSON texts not yet
+        parsed, or the DecodeError of one that cannot be a payload. An event whose head reads
+        plainly (:func:`~sync_gateway.codec.dispatch_head`: name, seq, "d" last) is judged by its
+        head, by :meth:`_on_dispatch` like any other, and delivered unparsed in a
+        :class:`DeliverRun` (the dispatcher parses it); READY and anything else is parsed here and
+        goes through :meth:`frame`. The actions are exactly those of :meth:`frame` for each
+        parsed payload, with consecutive events gathered in one run."""
         actions: List[Action] = []
         on_dispatch = self._on_dispatch
+        head = dispatch_head
+        run: Optional[DeliverRun] = None
+        for raw in raws:
+            s = self.sock
+            if s is None or s.epoch != epoch:
+                self.stale_frames += 1
+                continue
+            h = head(raw)
+            if h is not None and h[0] != "READY":  # READY's data is read here: parsed below
+                if on_dispatch(s, h[0], h[1], None, now, actions):
+                    if run is None or actions[-1] is not run:
+                        run = DeliverRun([], self.session.session_id, self.shard_id, now)
+                        actions.append(run)
+                    run.events.append((raw, h))
+                continue
+            if isinstance(raw, DecodeError):
+                actions += self.protocol_error(epoch, str(raw), now)
+                continue
+            try:
+                payload = Decoder.parse(raw)
+            except DecodeError as exc:
+                actions += self.protocol_error(epoch, str(exc), now)
+                continue
+            actions += self.frame(epoch, payload, now)
+        return actions
+
+    def frames(self, epoch: int, payloads: Sequence[Mapping[str, Any]], now: float) -> List[Action]:
+        """Several parsed frames of one socket, in order: exactly :meth:`frame` for each (the same
+        rules, not a restatement: a dispatch goes through :meth:`_on_dispatch` either way), with
+        one actions list for the batch instead of one per frame."""
+        actions: List[Action] = []
+        deliver = self._deliver_payload
         dispatch = Op.DISPATCH
         for payload in payloads:
             s = self.sock
             if s is None or s.epoch != epoch:
                 self.stale_frames += 1
             elif payload.get("op") == dispatch:
-                on_dispatch(s, payload, now, actions)
+                deliver(s, payload, now, actions)
             else:
                 actions += self.frame(epoch, payload, now)
         return actions
@@ -393,7 +433,7 @@ class ShardMachine:
         op = payload.get("op")
         if op == Op.DISPATCH:
             actions: List[Action] = []
-            self._on_dispatch(s, payload, now, actions)
+            self._deliver_payload(s, payload, now, actions)
             return actions
         if op == Op.HEARTBEAT_ACK:
             if s.beat_sent_at is not None:
@@ -423,6 +463,12 @@ class ShardMachine:
         if not self._is_live(epoch):
             return []
         log.warning("shard %d: e%d: ignored a malformed frame: %s", self.shard_id, epoch, error)
+        self.last_error = error
+        return []
+
+    def bad_payload(self, error: str) -> List[Action]:
+        """An event accepted by its head whose payload the dispatcher could not parse (it logged
+        it and skipped it; its seq counts as seen): kept as the last error, nothing else."""
         self.last_error = error
         return []
 
@@ -568,42 +614,50 @@ class ShardMachine:
         s.announced = True
         return [self._event("identifying", now), SendIdentify(s.epoch)]
 
-    def _on_dispatch(self, s: _Socket, payload: Mapping[str, Any], now: float, out: List[Action]) -> None:
-        """THE rule of a dispatch (op 0), for the per-frame and the batch path alike: appends to
-        *out* what it calls for (the event to deliver, and READY/RESUMED's lifecycle steps).
-
-        The common case (the next event of a live session) runs first and allocates nothing but
-        the :class:`Dispatch` and its :class:`Deliver`: this is the hot path of the whole client.
-        """
+    def _deliver_payload(self, s: _Socket, payload: Mapping[str, Any], now: float, out: List[Action]) -> None:
+        """A parsed dispatch: judged by :meth:`_on_dispatch`, delivered as a :class:`Deliver`."""
         seq = payload.get("s")
-        name = payload.get("t")
         if seq.__class__ is not int and (isinstance(seq, bool) or not isinstance(seq, int)):
             seq = None  # a bool, a string, a float: not a seq
+        name = payload.get("t")
+        data = payload.get("d")
+        if self._on_dispatch(s, name, seq, data, now, out):
+            new = _new_tuple
+            out.append(new(Deliver, (new(Dispatch, (name, data, seq, self.shard_id, self.session.session_id, now)),)))
+
+    def _on_dispatch(self, s: _Socket, name: Any, seq: Optional[int], data: Any, now: float, out: List[Action]) -> bool:
+        """THE rule of a dispatch (op 0), for every path alike: appends to *out* the lifecycle
+        steps it calls for (READY's and RESUMED's) and says whether the event is delivered (the
+        caller appends the delivery after them). *data* is read only for READY (the other paths
+        pass None: they never bring a READY here).
+
+        The common case (the next event of a live session) runs first and allocates nothing:
+        this is the hot path of the whole client.
+        """
         session = self.session
         if name != "READY" and session.session_id is None:
             # Discord's first dispatch of a session is READY; anything before it belongs to no
             # session we know, so it cannot be ordered or resumed: not delivered.
             log.warning("shard %d: %s dispatch before READY ignored", self.shard_id, name)
-            return
+            return False
         if seq is not None:
             last = session.seq
             if last is not None and seq <= last and name != "READY":
                 # Invariant 3: each seq at most once, ascending, within a session.
                 self.duplicate_events += 1
                 log.debug("shard %d: duplicate or out-of-order seq %d (last %d) dropped", self.shard_id, seq, last)
-                return
+                return False
             session.seq = seq
         self.last_event_at = now
         if not isinstance(name, str) or not name:
             log.warning("shard %d: dispatch without an event name (seq %s) ignored", self.shard_id, seq)
-            return
-        data = payload.get("d")
+            return False
         if name == "READY":
             if not isinstance(data, Mapping) or not isinstance(data.get("session_id"), str):
                 log.warning("shard %d: READY without a session_id; reconnecting", self.shard_id)
                 self.last_error = "READY without session_id"
                 out += self._retire(now, 4000, "bad READY", graceful=False, failure=True)
-                return
+                return False
             session.session_id = data["session_id"]
             session.seq = seq
             url = data.get("resume_gateway_url")
@@ -612,8 +666,7 @@ class ShardMachine:
             out += self._established(s, "ready", now)
         elif name == "RESUMED":
             out += self._established(s, "resumed", now)
-        new = _new_tuple
-        out.append(new(Deliver, (new(Dispatch, (name, data, seq, self.shard_id, session.session_id, now)),)))
+        return True
 
     def _established(self, s: _Socket, kind: LifecycleKind, now: float) -> List[Action]:
         if self.phase is _Phase.READY:

@@ -23,6 +23,7 @@ from .protocol import (
     Action,
     CloseSocket,
     Deliver,
+    DeliverRun,
     Emit,
     Open,
     OrphanReader,
@@ -77,6 +78,7 @@ class Supervisor:
     ) -> None:
         self.machine = machine
         self.dispatcher = dispatcher
+        dispatcher.on_bad_payload = lambda error: self.post(("bad_payload", error))
         self.shard_id = machine.shard_id
         self._identify = identify
         self._token = token
@@ -192,10 +194,8 @@ class Supervisor:
     def _feed(self, item: Tuple[Any, ...], now: float) -> List[Action]:
         m = self.machine
         kind = item[0]
-        if kind == "frame":
-            return m.frame(item[1], item[2], now)
-        if kind == "frames":
-            return m.frames(item[1], item[2], now)
+        if kind == "raws":
+            return m.raw_frames(item[1], item[2], now)
         if kind == "opened":
             return m.opened(item[1], now)
         if kind == "closed":
@@ -207,8 +207,8 @@ class Supervisor:
                 # An orphaned reader finally ended: forget it (and its decoder state).
                 self.orphans = [c for c in self.orphans if c.epoch != item[1]]
             return m.closed(item[1], now, code=item[2], reason=item[3], error=item[4])
-        if kind == "bad_frame":
-            return m.protocol_error(item[1], item[2], now)
+        if kind == "bad_payload":
+            return m.bad_payload(item[1])
         if kind == "reconnect":
             return m.request_reconnect(now, fresh=item[1], reason=item[2])
         if kind == "stop":
@@ -230,6 +230,9 @@ class Supervisor:
         while i < len(actions):
             a = actions[i]
             i += 1
+            if a.__class__ is DeliverRun:
+                deliveries.append(a)  # the dispatcher parses its events
+                continue
             if a.__class__ is Deliver:
                 deliveries.append(a.dispatch)
                 continue

@@ -6,7 +6,7 @@ Part of the sans-I/O protocol layer (DESIGN.md); :mod:`sync_gateway.protocol` re
 name. Imports nothing of ours but :mod:`sync_gateway.errors`.
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, Literal, NamedTuple, Optional, Tuple, Union
 
 from .errors import ConfigError
 
@@ -186,6 +186,20 @@ class Deliver(NamedTuple):
     dispatch: Dispatch
 
 
+class DeliverRun(NamedTuple):
+    """Events of one socket read, in order, that the machine accepted from their heads alone
+    (:func:`sync_gateway.codec.dispatch_head`): ``(JSON text, (name, seq, where "d" starts))``
+    each, with what every one of them shares. The dispatcher parses each and delivers
+    ``Dispatch(name, data, seq, shard_id, session_id, received_at)``, exactly what
+    :class:`Deliver` would carry; parsing there keeps an event's objects on the thread that uses
+    and frees them."""
+
+    events: List[Tuple[Any, Tuple[str, int, int]]]
+    session_id: Optional[str]
+    shard_id: int
+    received_at: float
+
+
 @dataclass(frozen=True)
 class Emit:
     event: LifecycleEvent
@@ -207,6 +221,7 @@ Action = Union[
     SetReadTimeout,
     ReserveSends,
     Deliver,
+    DeliverRun,
     Emit,
     Stopped,
 ]

@@ -334,13 +334,17 @@ def test_encode_compact():
 # ------------------------------------------------------------------ the reader's batch decode
 
 _BATCH_TEXTS = [
-    b'{"op":0,"t":"A","s":1,"d":{"x":"}{"}}',  # a string holding the join of two objects
-    b'{"op":0,"t":"B","s":2,"d":null}',
+    b'{"t":"A","s":1,"op":0,"d":{"x":"}{"}}',  # a string holding the join of two objects
+    b'{"t":"B","s":2,"op":0,"d":null}',
+    b'{"t":"C","s":3,"op":0,"d":{"x":"}{\\"t\\":"}}',  # ... and of two payloads
+    b'{"t":null,"s":null,"op":11,"d":null}',
+    b'{"t":"D","s":4,"op":0,"d":{"a":[{"b":{}},{}]}}',
     b' {"op":11} ',  # whitespace around: json.loads accepts it, the scanner alone would not
     b"[1, 2]",  # JSON, not an object: DecodeError in its place
     b'{"op": 1',  # cut short: DecodeError
     b"",  # nothing: DecodeError
     b'{"op":0}{"op":0}',  # two objects in one message: DecodeError (json.loads: extra data)
+    b'{"t":"E","s":5,"op":0,"d":{}}{"t":"F","s":6,"op":0,"d":{}}',  # two payloads in one message
     '{"op":0,"t":"\u00e9\u20ac\U0001f600","s":3}'.encode("utf-8"),
     b"\xef\xbb\xbf{}",  # a UTF-8 BOM: json.loads refuses it; so must we
     b'{"op":7}',
@@ -363,23 +367,17 @@ def _one_by_one(texts):
     return out
 
 
-@pytest.mark.parametrize("loads_name", ["json", "orjson"])
-@pytest.mark.parametrize("seed", range(6))
-def test_decode_many_is_feed_message_by_message(monkeypatch, loads_name, seed):
-    """decode_many (one inflate for a burst, objects read one after the other) gives exactly what
-    feed() gives message by message: the same payloads, the same errors in the same places, for
-    every mix of good and bad messages, and the zlib context stays usable afterwards."""
-    from sync_gateway import codec
-
-    if loads_name == "orjson":
-        orjson = pytest.importorskip("orjson")
-        monkeypatch.setattr(codec, "loads", orjson.loads)
-    else:
-        monkeypatch.setattr(codec, "loads", json.loads)
+@pytest.mark.parametrize("seed", range(12))
+def test_inflate_many_then_parse_is_feed_message_by_message(seed):
+    """inflate_many (the reader's half: texts, not parsed) followed by parse gives exactly what
+    feed() gives message by message: the same payloads, the same errors in the same places, and
+    the zlib context stays usable afterwards. A burst of plain Discord payloads is inflated in
+    one call; anything else message by message."""
     rng = random.Random(seed)
     texts = [rng.choice(_BATCH_TEXTS) for _ in range(rng.randint(2, 12))]
+    plain = [b'{"t":"B","s":2,"op":0,"d":null}', b'{"t":null,"s":null,"op":11,"d":null}', _BATCH_TEXTS[4]]
     if seed == 0:
-        texts = [t for t in _BATCH_TEXTS if t.startswith(b'{"op":0,"t"')]  # an all-good burst: the fast path
+        texts = plain * 3  # the fast path
     expected = _one_by_one(texts + [b'{"op":11}'])
     d = Decoder("zlib-stream")
     c = zlib.compressobj()
@@ -402,19 +400,114 @@ def test_decode_many_is_feed_message_by_message(monkeypatch, loads_name, seed):
             return self.inner.unconsumed_tail
 
     d._inflate = Counting(d._inflate)
-    got, error = d.decode_many(bodies)
+    got, error = d.inflate_many(bodies)
     assert error is None
-    if seed == 0:  # good messages: stdlib json inflates the burst at once, orjson message by message
-        assert len(calls) == (1 if loads_name == "json" else len(bodies))
-    # the context went on exactly where it should: the next message still inflates
+    assert got == texts  # the very texts, unparsed
+    if all(t in plain for t in texts):
+        assert len(calls) == 1
+    elif any(b"}{" in t for t in texts) or any(not t.startswith(b'{"t":') for t in texts):
+        assert len(calls) == 1 + len(texts)  # tried at once, then message by message
+
+    def parsed(text):
+        try:
+            return Decoder.parse(text)
+        except DecodeError as exc:
+            return exc
+
     after = d.feed(c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH), True)
-    assert [_outcome(x) for x in got] + [("ok", after)] == expected
+    assert [_outcome(parsed(x)) for x in got] + [("ok", after)] == expected
 
 
-def test_decode_many_returns_the_payloads_before_a_corrupt_message():
+def test_inflate_many_returns_the_texts_before_a_corrupt_message():
     d = Decoder("zlib-stream")
     c = zlib.compressobj()
     good = c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH)
-    got, error = d.decode_many([(good, True), (b"\x00garbage\x00\x00\xff\xff", True)])
-    assert got == [{"op": 11}]
+    got, error = d.inflate_many([(good, True), (b"\x00garbage\x00\x00\xff\xff", True)])
+    assert got == [b'{"op":11}']
     assert isinstance(error, CompressionError)
+
+
+def test_inflate_many_puts_a_binary_frame_without_compression_in_its_place():
+    got, error = Decoder(None).inflate_many([(b'{"op":11}', False), (b"\x00\x01", True), (b'{"op":1}', False)])
+    assert error is None
+    assert got[0] == b'{"op":11}' and isinstance(got[1], DecodeError) and got[2] == b'{"op":1}'
+
+
+# ---------------------------------------------------------------------------------- dispatch heads
+
+_HEADED = [
+    b'{"t":"MESSAGE_CREATE","s":5,"op":0,"d":{"content":"hi","n":[1,2.5,null,true]}}',  # Discord's order
+    b'{"op":0,"t":"MESSAGE_CREATE","s":5,"d":{"x":"}{"}}',  # the documentation's order, "d" last
+    b'{"t":"A","s":0,"op":0,"d":null}',
+    b'{"t":"A","s":7,"op":0,"d":"\xc3\xa9\xe2\x82\xac"}',  # UTF-8 text
+    b'{"t":"A","s":7,"op":0,"d":{"x":1},"extra":2}',  # "d" not last after all: parsed whole
+    b'{"t":"A","s":7,"op":0,"d":{"x":1} }',  # whitespace before the brace: parsed whole
+    b'{"t":"A","s":7,"op":0,"d":{},"t":"B"}',  # a key given twice: its head says A, json says B
+    b'{"t":"A","s":7,"op":0,"d":{},"s":8}',
+    b'{"t":"A","s":7,"op":0,"d":{bad}}',  # invalid JSON behind a good head
+    b'{"t":"A","s":7,"op":0,"d":1}}',  # one brace too many
+    b'{"t":"A","s":7,"op":0,"d":"\xff"}',  # not UTF-8
+    b'{"t":"A","s":7,"op":0,"d":{"x":1}',  # cut short
+    b'{"t":"A","s":7,"op":0,"d":}',
+    b'{"t":"A","s":7,"op":0,"d":"\\ud800"}',  # a lone surrogate escape: json takes it, orjson does not
+]
+_HEADLESS = [
+    b'{"op":0,"d":{},"s":5,"t":"A"}',  # "d" first: no head, parsed whole
+    b'{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}',
+    b'{"t":"A","s":01,"op":0,"d":{}}',  # not JSON
+    b'{"t":"a","s":1,"op":0,"d":{}}',  # not an event name as Discord writes them
+    b'{"t":"A","s":-1,"op":0,"d":{}}',
+    b'{"t":"A","s":1,"op":1,"d":{}}',
+    b'{"t":"A","s":1,"op":0,"d" :{}}',
+    b' {"t":"A","s":1,"op":0,"d":{}}',
+    b"[1]",
+    b"",
+]
+
+
+@pytest.mark.parametrize("loads_name", ["json", "orjson"])
+@pytest.mark.parametrize("raw", _HEADED + _HEADLESS)
+def test_dispatch_head_and_data_say_what_parsing_the_whole_payload_says(monkeypatch, loads_name, raw):
+    """The dispatcher's half (dispatch_data from the head's offset) agrees with parsing the whole
+    payload, for both JSON libraries: the same "d", or a DecodeError exactly when the payload is
+    not valid JSON or its keys say otherwise than its head."""
+    from sync_gateway import codec
+
+    if loads_name == "orjson":
+        orjson = pytest.importorskip("orjson")
+        monkeypatch.setattr(codec, "loads", orjson.loads)
+    else:
+        monkeypatch.setattr(codec, "loads", json.loads)
+    head = codec.dispatch_head(raw)
+    for text in (raw, bytearray(raw)):  # the reader hands over bytes or bytearrays
+        assert codec.dispatch_head(text) == head
+    if raw in _HEADLESS:
+        assert head is None
+        return
+    assert head is not None
+    name, seq, start = head
+    assert raw[start - 4 : start] == b'"d":'
+    try:
+        whole = Decoder.parse(raw)
+        expected = (
+            ("ok", whole["d"]) if (whole.get("op"), whole.get("t"), whole.get("s")) == (0, name, seq) else ("error",)
+        )
+    except DecodeError:
+        expected = ("error",)
+    for text in (raw, bytearray(raw)):
+        try:
+            got = ("ok", codec.dispatch_data(text, start, name, seq))
+        except DecodeError:
+            got = ("error",)
+        assert got == expected
+
+
+def test_dispatch_head_keeps_one_string_per_event_name_and_takes_no_str():
+    from sync_gateway.codec import dispatch_head
+
+    a = dispatch_head(b'{"t":"GUILD_CREATE","s":1,"op":0,"d":{}}')
+    b = dispatch_head(bytearray(b'{"t":"GUILD_CREATE","s":2,"op":0,"d":{}}'))
+    assert a is not None and b is not None and a[0] is b[0] and a[1:] == (1, len(b'{"t":"GUILD_CREATE","s":1,"op":0,"d":')) and b[1] == 2
+    assert dispatch_head('{"t":"GUILD_CREATE","s":1,"op":0,"d":{}}') is None  # text: parsed whole
+    assert dispatch_head(b'{"t":"' + b"A" * 101 + b'","s":1,"op":0,"d":{}}') is None
+    assert dispatch_head(b'{"t":"A","s":1234567890123456789,"op":0,"d":{}}') is None  # 19 digits

@@ -921,3 +921,91 @@ def test_frames_batch_is_the_same_as_frame_by_frame(payloads, stale_offset):
     assert batched == one_by_one
     assert a.status() == b.status()
     assert a.session == b.session
+
+
+def _ready_machine():
+    m = p.ShardMachine(BOOT, rng=random.Random(3), backoff=lambda n: 1.0)
+    m.start(0.0)
+    m.opened(1, 0.0)
+    m.frame(1, {"op": 10, "d": {"heartbeat_interval": 1000}}, 0.0)
+    m.frame(1, {"op": 0, "t": "READY", "s": 1, "d": {"session_id": "s", "resume_gateway_url": RESUME_URL}}, 0.0)
+    return m
+
+
+_KEY_ORDERS = [("t", "s", "op", "d"), ("op", "t", "s", "d"), ("op", "d", "s", "t"), ("d", "op")]
+
+
+def _text(payload, order):
+    import json
+
+    keys = [k for k in order if k in payload] + [k for k in payload if k not in order]
+    return json.dumps({k: payload[k] for k in keys}, separators=(",", ":")).encode()
+
+
+RAW = st.one_of(
+    st.tuples(PAYLOAD, st.sampled_from(_KEY_ORDERS)).map(lambda po: _text(*po)),
+    st.sampled_from([b"{not json", b"[1, 2]", b'{"t":"X","s":1,"op":0,"d":{"a":1},"t":"Y"}']),
+    st.builds(lambda s: b'{"t":"MESSAGE_CREATE","s":%d,"op":0,"d":{"content":"}{\\"t\\":"}}' % s, st.integers(0, 40)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(RAW, max_size=30), st.integers(0, 2))
+def test_raw_frames_deliver_exactly_what_parsing_each_frame_delivers(raws, stale_offset):
+    """The read path (events judged by their heads, parsed on the dispatcher) and the parsed path
+    (each text parsed whole, then frame()) are one rule: the same actions in the same order once
+    the dispatcher has parsed each run, the same state. Both key orders with "d" last take the
+    head path; the rest, and READY, are parsed whole."""
+    from sync_gateway.codec import DecodeError, Decoder
+    from sync_gateway.dispatch import Dispatcher, Registry
+
+    epoch = 1 + stale_offset
+    a, b = _ready_machine(), _ready_machine()
+    expanded = []
+    runs = 0
+    for action in a.raw_frames(epoch, raws, 1.0):
+        if isinstance(action, p.DeliverRun):
+            runs += 1
+            expanded += [p.Deliver(d) for d in Dispatcher(Registry())._expand([action])]
+        else:
+            expanded.append(action)
+    one_by_one = []
+    for raw in raws:
+        try:
+            payload = Decoder.parse(raw)
+        except DecodeError as exc:
+            one_by_one += b.protocol_error(epoch, str(exc), 1.0)
+            continue
+        one_by_one += b.frame(epoch, payload, 1.0)
+    assert expanded == one_by_one
+    assert a.status() == b.status()
+    assert a.session == b.session
+    assert runs <= len([x for x in one_by_one if isinstance(x, p.Deliver)])
+
+
+def test_an_event_whose_body_does_not_parse_is_skipped_by_the_dispatcher_and_its_seq_counts(caplog):
+    """A head that reads well over a body that does not: the machine has taken the seq (the
+    event is not asked for again), the dispatcher logs it, skips it, counts it as handled and
+    reports it; the events around it are delivered."""
+    import logging
+
+    from sync_gateway.dispatch import Dispatcher, Registry
+
+    m = _ready_machine()
+    raws = [
+        b'{"t":"A","s":2,"op":0,"d":{"n":2}}',
+        b'{"t":"A","s":3,"op":0,"d":{broken}}',
+        b'{"t":"A","s":4,"op":0,"d":{"n":4}}',
+    ]
+    actions = m.raw_frames(1, raws, 1.0)
+    assert [type(x) for x in actions] == [p.DeliverRun] and m.session.seq == 4
+    dispatcher = Dispatcher(Registry())
+    reported = []
+    dispatcher.on_bad_payload = reported.append
+    with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+        got = list(dispatcher._expand(actions))
+        assert [(d.name, d.seq, d.data) for d in got] == [("A", 2, {"n": 2}), ("A", 4, {"n": 4})]
+    assert dispatcher.bad_payloads == 1 and len(reported) == 1 and "seq 3" in reported[0]
+    assert "skipped an event: A (seq 3) has a malformed payload" in caplog.text
+    m.bad_payload(reported[0])
+    assert "seq 3" in (m.status().last_error or "")

@@ -47,6 +47,26 @@ def test_malformed_text_frame_is_skipped_and_client_goes_on(gateway, make_client
     assert client.status().state == "ready" and len(gateway.connections) == 1
 
 
+@pytest.mark.parametrize("compress", [None, "zlib-stream"])
+def test_an_event_with_a_good_head_and_a_broken_body_is_skipped_loudly(gateway, make_client, caplog, compress):
+    """Events are parsed on the dispatcher thread: one whose head reads well but whose body is
+    not JSON is logged, skipped and kept as last_error there; its seq counts, the session and
+    the socket go on, and the next event arrives."""
+    client, rec = started(make_client, compress=compress)
+    conn = gateway.connection_for()
+    texts = [b'{"t":"MESSAGE_CREATE","s":1001,"op":0,"d":{"i":"before"}}']
+    texts.append(b'{"t":"MESSAGE_CREATE","s":1002,"op":0,"d":{oops}}')
+    texts.append(b'{"t":"MESSAGE_CREATE","s":1003,"op":0,"d":{"i":"after"}}')
+    with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+        for text in texts:
+            conn.send_text(text)
+        rec.wait_events("MESSAGE_CREATE", 2)
+        assert wait_until(lambda: "malformed" in (client.status().last_error or ""))
+    assert [(e.seq, e.data) for e in rec.named("MESSAGE_CREATE")] == [(1001, {"i": "before"}), (1003, {"i": "after"})]
+    assert "MESSAGE_CREATE (seq 1002) has a malformed payload" in caplog.text
+    assert client.status().state == "ready" and len(gateway.connections) == 1
+
+
 def test_hello_without_interval_reconnects(gateway, make_client):
     gateway.send_hello = False
     client, rec = make_client()

@@ -205,23 +205,23 @@ class EventSource:
     def __init__(self) -> None:
         self._parts = [_dumps(d) for d in make_messages()]
         self.mean_payload_bytes = statistics.mean(
-            len(b'{"op":0,"t":"MESSAGE_CREATE","s":100000,"d":') + len(p) + 1 for p in self._parts
+            len(b'{"t":"MESSAGE_CREATE","s":100000,"op":0,"d":') + len(p) + 1 for p in self._parts
         )
 
     def payload(self, seq: int) -> bytes:
-        return b'{"op":0,"t":"MESSAGE_CREATE","s":%d,"d":%s}' % (seq, self._parts[seq % len(self._parts)])
+        return b'{"t":"MESSAGE_CREATE","s":%d,"op":0,"d":%s}' % (seq, self._parts[seq % len(self._parts)])
 
 
 def hello_payload() -> bytes:
-    return _dumps({"op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}, "s": None, "t": None})
+    return _dumps({"t": None, "s": None, "op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}})
 
 
 def ready_payload(url: str) -> bytes:
     return _dumps(
-        {
-            "op": 0,
+        {  # Discord's order on the wire: t, s, op, d
             "t": "READY",
             "s": 1,
+            "op": 0,
             "d": {
                 "v": 10,
                 "user": BOT_USER,

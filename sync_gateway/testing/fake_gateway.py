@@ -406,6 +406,14 @@ class ServerConnection:
         with self._write_lock:
             return self._encode_payload(_dumps(payload))
 
+    def send_text(self, text: Union[str, bytes]) -> bool:
+        """Send one payload given as its JSON text, exactly as given (valid JSON or not), framed
+        and compressed like every payload of this connection: a corrupt payload in an intact
+        compressed stream."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        with self._write_lock:
+            return self._write(self._encode_payload(data))
+
     def send_bytes(self, data: bytes) -> bool:
         """Write ``data`` to the connection as it is: no framing, no compression (one TLS record over
         ``wss://`` unless the gateway cuts records). With :meth:`encode` a test controls exactly where
@@ -790,7 +798,7 @@ class FakeGateway:
             for d in ds:
                 seq = session._append(t, d)
                 seqs.append(seq)
-                encoded.append(_dumps({"op": 0, "t": t, "s": seq, "d": d}))
+                encoded.append(_dumps({"t": t, "s": seq, "op": 0, "d": d}))
             if target.ready.is_set():
                 target._send_encoded(encoded)
             return seqs
@@ -805,7 +813,7 @@ class FakeGateway:
         with self._lock:
             session, target = self._route(connection)
             seq = session._append(t, d)
-            return seq, target.encode({"op": 0, "t": t, "s": seq, "d": d})
+            return seq, target.encode({"t": t, "s": seq, "op": 0, "d": d})
 
     def connection_for(self, connection: Optional[ServerConnection] = None) -> ServerConnection:
         """The connection :meth:`dispatch` would write to (the one serving the live session)."""
@@ -1101,7 +1109,7 @@ class FakeGateway:
             }
             seq = session._append("READY", ready)
             conn.session_id = session.session_id
-            conn.send({"op": 0, "t": "READY", "s": seq, "d": ready})
+            conn.send({"t": "READY", "s": seq, "op": 0, "d": ready})
             conn.ready.set()
         logger.debug("connection #%d: READY session %s", conn.index, session.session_id)
 
@@ -1140,12 +1148,12 @@ class FakeGateway:
             session.connection = conn
             conn.session_id = session.session_id
             replay = [
-                _dumps({"op": 0, "t": t, "s": s, "d": ev})
+                _dumps({"t": t, "s": s, "op": 0, "d": ev})
                 for (s, t, ev) in session.events
                 if s > seq and t not in ("READY", "RESUMED")
             ]
             resumed_seq = session._append("RESUMED", {})
-            replay.append(_dumps({"op": 0, "t": "RESUMED", "s": resumed_seq, "d": {}}))
+            replay.append(_dumps({"t": "RESUMED", "s": resumed_seq, "op": 0, "d": {}}))
             conn._send_encoded(replay)
             conn.ready.set()
         logger.debug(
