@@ -571,12 +571,15 @@ class GatewayClient(HandlerMethods):
     def load(self) -> Dict[str, Optional[int]]:
         """What is queued or spent at this instant, for metrics and health checks (status() is the
         lifecycle; this is the pressure): ``dispatch_backlog`` (events waiting for handlers),
-        ``send_window_used`` / ``send_window_limit`` (frames in the ready socket's 120-per-60-s
-        window; None while no socket is ready). Cheap, never blocks on I/O, safe from any thread."""
+        ``reader_paced`` (times so far a reader, more than a thousand events ahead of the
+        handlers, waited a few ms for them), ``send_window_used`` / ``send_window_limit`` (frames
+        in the ready socket's 120-per-60-s window; None while no socket is ready). Cheap, never
+        blocks on I/O, safe from any thread."""
         sup = self._supervisor
         conn = sup.ready_connection if sup is not None else None
         return {
             "dispatch_backlog": sup.dispatcher.backlog() if sup is not None else 0,
+            "reader_paced": sup.dispatcher.paced if sup is not None else 0,
             "send_window_used": conn.window.used() if conn is not None else None,
             "send_window_limit": conn.window.limit if conn is not None else None,
         }

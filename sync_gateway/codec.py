@@ -164,23 +164,28 @@ def _split_objects(joined: bytes, count: int) -> Optional[List[bytes]]:
     the cut is unambiguous (then the caller inflates message by message).
 
     Discord writes every payload as one compact object whose first key is "t", so a burst reads
-    ``{"t":...}{"t":...}``. Outside a string, valid JSON never holds ``}{``; so when the text
-    holds exactly count - 1 of them, each one followed by ``"t":``, each is where a payload ends
-    (a ``}{`` inside a message's string, or a payload written otherwise, makes the count or the
-    check fail: the burst goes message by message). Only a burst that holds invalid JSON shaped
-    like a payload head could be cut elsewhere, and then its pieces fail to parse and are
-    reported as malformed payloads."""
-    if not joined.startswith(b'{"t":') or joined[-1:] != b"}" or joined.count(b"}{") != count - 1:
+    ``{"t":...}{"t":...}``. Outside a string, valid JSON never holds ``}{``, and inside one the
+    quote after it would end the string, which no letter may follow: so when the text holds
+    exactly count - 1 of them, each followed by ``"t":``, each is where a payload ends. A ``}{``
+    inside a message's string, or a payload written otherwise, makes the count or the check fail
+    and the burst goes message by message. Only a burst holding both a message that is not one
+    JSON object (two in one, or broken JSON with a payload head inside) and a message that is not
+    a compact object could be cut elsewhere; Discord sends neither.
+    """
+    if not joined.startswith(b'{"t":') or joined[-1:] != b"}":
         return None
-    texts = []
-    start = 0
-    for m in _SEAM.finditer(joined):
-        cut = m.start() + 1
-        if not joined.startswith(b'"t":', cut + 1):
+    parts = _SEAM.split(joined)  # one pass; the seams are put back below
+    if len(parts) != count:
+        return None
+    texts = [parts[0] + b"}"]
+    for part in parts[1:-1]:
+        if not part.startswith(b'"t":'):
             return None
-        texts.append(joined[start:cut])
-        start = cut
-    texts.append(joined[start:])
+        texts.append(b"{%s}" % part)
+    last = parts[-1]
+    if not last.startswith(b'"t":'):
+        return None
+    texts.append(b"{" + last)
     return texts
 
 

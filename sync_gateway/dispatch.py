@@ -38,6 +38,10 @@ _EVENT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 SLOW_HANDLER_SECONDS = 5.0
 #: When more events than this wait for the handlers, a WARNING says so (again each time it doubles).
 BACKLOG_WARNING = 10_000
+#: A reader that has just handed over a batch while more events than this wait for the handlers
+#: waits (:meth:`Dispatcher.pace`) until the handlers take them, at most PACE_SECONDS per batch.
+PACE_BACKLOG = 1_000
+PACE_SECONDS = 0.005
 
 _STOP = object()
 
@@ -205,7 +209,11 @@ class Dispatcher:
         self._halted = False
         self._current: Optional[Tuple[Callable[..., Any], str, float]] = None
         self._queue: Deque[Any] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._room = threading.Condition(lock)  # readers pacing (see pace)
+        self._pacing = 0  # readers waiting on _room
+        self.paced = 0  # times a reader waited for the handlers
         self._waiting = False
         self._backlog_warned_at = 0
         self.delivered = 0
@@ -267,6 +275,26 @@ class Dispatcher:
             self._queue.append(_STOP)
             self._cond.notify()
 
+    def pace(self) -> None:
+        """For a reader thread, after it handed over a batch: while the handlers are more than
+        PACE_BACKLOG events behind, wait until this thread takes the queue, at most PACE_SECONDS.
+
+        Without it, in a long burst the readers (cheap per event) outrun the handlers under one
+        GIL, the queue grows by tens of thousands of events, and every event then costs more to
+        handle, out of cache (4 shards in one process fell to half their events/s). Bounded, so
+        a stuck handler slows a reader to one batch per PACE_SECONDS and never stops it: heartbeat
+        ACKs and close frames are still read within milliseconds."""
+        if self._queued <= PACE_BACKLOG:
+            return
+        with self._cond:
+            if self._queued > PACE_BACKLOG and not self._halted:
+                self.paced += 1
+                self._pacing += 1
+                try:
+                    self._room.wait(PACE_SECONDS)
+                finally:
+                    self._pacing -= 1
+
     def backlog(self) -> int:
         """Events waiting for their handlers (not counting the ones the thread has taken)."""
         return self._queued
@@ -311,6 +339,8 @@ class Dispatcher:
                 queue.clear()
                 taken = self._queued
                 self._queued = 0
+                if self._pacing:
+                    self._room.notify_all()
             if taken < BACKLOG_WARNING:
                 self._backlog_warned_at = 0
             handlers_for = self.registry.handlers_for

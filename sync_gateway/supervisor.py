@@ -296,6 +296,7 @@ class Supervisor:
             shard_id=self.shard_id,
             compress=self._compress,
             connect_timeout=self.machine.config.hello_timeout,
+            pace=self.dispatcher.pace,
             **self._connection_options,
         )
         self.connections[a.epoch] = conn

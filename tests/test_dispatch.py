@@ -9,6 +9,7 @@ import sync_gateway as sg
 from sync_gateway import dispatch as dispatch_mod
 from sync_gateway.dispatch import Dispatcher, Registry
 from sync_gateway.protocol import Dispatch, LifecycleEvent
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -71,6 +72,60 @@ def test_backlog_warning(monkeypatch, caplog):
         for i in range(3):
             d.put_many([Dispatch("A", {}, 10 * i + j) for j in range(10)])  # what the supervisor calls
     assert any("waiting for handlers" in r.getMessage() for r in caplog.records)
+
+
+def _run_of(count, start=2):
+    from sync_gateway.codec import dispatch_head
+    from sync_gateway.protocol import DeliverRun
+
+    texts = [b'{"t":"A","s":%d,"op":0,"d":{"n":%d}}' % (seq, seq) for seq in range(start, start + count)]
+    return DeliverRun([(t, dispatch_head(t)) for t in texts], "session", 0, 1.0)
+
+
+def test_backlog_counts_the_events_of_a_run_and_pace_waits_for_the_handlers_bounded(monkeypatch):
+    """A reader paces itself only while the handlers are more than PACE_BACKLOG events behind:
+    it waits until the dispatcher takes the queue, and never longer than PACE_SECONDS."""
+    monkeypatch.setattr(dispatch_mod, "PACE_BACKLOG", 10)
+    monkeypatch.setattr(dispatch_mod, "PACE_SECONDS", 30.0)
+    reg = Registry()
+    seen = []
+    reg.add("A", lambda e: seen.append(e.seq))
+    d = Dispatcher(reg, name="sync_gateway-dispatch-test")
+    d.put_many([_run_of(5)])
+    assert d.backlog() == 5
+    d.pace()  # not behind: returns at once
+    assert d.paced == 0
+    d.put_many([_run_of(10, start=7)])
+    assert d.backlog() == 15
+    waited = threading.Event()
+
+    def reader():
+        d.pace()
+        waited.set()
+
+    t = threading.Thread(target=reader, name="pacing-reader")
+    t.start()
+    assert wait_until(lambda: d._pacing == 1)
+    assert not waited.is_set()  # behind: the reader waits...
+    d.start()  # ... until the handlers take the queue
+    assert waited.wait(10)
+    t.join(5)
+    d.stop()
+    d.thread.join(5)
+    assert seen == list(range(2, 17)) and d.paced == 1 and d.backlog() == 0
+
+
+def test_pace_never_waits_longer_than_pace_seconds(monkeypatch):
+    monkeypatch.setattr(dispatch_mod, "PACE_BACKLOG", 10)
+    monkeypatch.setattr(dispatch_mod, "PACE_SECONDS", 0.05)
+    d = Dispatcher(Registry(), name="sync_gateway-dispatch-test")  # never started: nobody takes the queue
+    d.put_many([_run_of(20)])
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (d.pace(), done.set()), name="pacing-reader")
+    t.start()
+    assert done.wait(5)  # bounded (0.05 s here), not until the handlers catch up
+    t.join(5)
+    assert d.paced == 1
 
 
 def test_off_and_registration_guards():

@@ -67,6 +67,29 @@ def test_an_event_with_a_good_head_and_a_broken_body_is_skipped_loudly(gateway, 
     assert client.status().state == "ready" and len(gateway.connections) == 1
 
 
+def test_a_stuck_handler_behind_a_long_burst_does_not_stop_the_reader(gateway, make_client):
+    """Readers pace themselves while the handlers are far behind, but only for a few ms per
+    batch: with a handler stuck and thousands of events queued behind it, an op 7 that arrives
+    after them is still read at once, and the client moves to a new socket."""
+    from sync_gateway import dispatch as dispatch_mod
+
+    release = threading.Event()
+    client, rec = started(make_client)
+    client.on("MESSAGE_CREATE", lambda e: release.wait(30))
+    conn = gateway.connection_for()
+    burst = 2 * dispatch_mod.PACE_BACKLOG
+    try:
+        gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(burst)])
+        assert wait_until(lambda: client.load()["dispatch_backlog"] > dispatch_mod.PACE_BACKLOG, 10)
+        gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(burst, 2 * burst)])  # read paced
+        conn.send_op(7)
+        gateway.wait_for_connections(2, 10)
+        assert client.load()["reader_paced"] >= 1
+    finally:
+        release.set()
+    rec.wait_events("MESSAGE_CREATE", 2 * burst, timeout=30)
+
+
 def test_hello_without_interval_reconnects(gateway, make_client):
     gateway.send_hello = False
     client, rec = make_client()
