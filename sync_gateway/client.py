@@ -571,7 +571,7 @@ class GatewayClient(HandlerMethods):
     def load(self) -> Dict[str, Optional[int]]:
         """What is queued or spent at this instant, for metrics and health checks (status() is the
         lifecycle; this is the pressure): ``dispatch_backlog`` (events waiting for handlers),
-        ``reader_paced`` (times so far a reader, more than a thousand events ahead of the
+        ``reader_paced`` (times so far a reader, more than a batch of events ahead of the
         handlers, waited a few ms for them), ``send_window_used`` / ``send_window_limit`` (frames
         in the ready socket's 120-per-60-s window; None while no socket is ready). Cheap, never
         blocks on I/O, safe from any thread."""

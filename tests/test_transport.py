@@ -77,7 +77,7 @@ def test_a_stuck_handler_behind_a_long_burst_does_not_stop_the_reader(gateway, m
     client, rec = started(make_client)
     client.on("MESSAGE_CREATE", lambda e: release.wait(30))
     conn = gateway.connection_for()
-    burst = 2 * dispatch_mod.PACE_BACKLOG
+    burst = 4 * dispatch_mod.PACE_BACKLOG
     try:
         gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(burst)])
         assert wait_until(lambda: client.load()["dispatch_backlog"] > dispatch_mod.PACE_BACKLOG, 10)
