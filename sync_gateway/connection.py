@@ -2,9 +2,9 @@
 
 The reader thread connects (TCP, TLS, websocket handshake), then reads and inflates frames and
 *posts* their JSON texts to the supervisor stamped with the socket's epoch (the supervisor reads
-each event's head, the dispatcher parses it). It never touches
-lifecycle state and never runs user code. Its very last post is ``closed``, sent after the OS
-socket is closed, so the supervisor knows that the socket can no longer carry anything.
+each event's head, the dispatcher parses it). It never touches lifecycle state and never runs
+user code. Its very last post is ``closed``, sent after the OS socket is closed, so the
+supervisor knows that the socket can no longer carry anything.
 
 The connection owns its one socket at every stage: TCP connect, proxy CONNECT, TLS handshake,
 websocket upgrade and frames are all done here on the same object, published in ``self._sock``
