@@ -14,15 +14,20 @@ The rules here, shared by :class:`MemoryRateLimiter` (one process) and :class:`R
   with what the response said (:meth:`RateLimiter.release`). Sixteen threads can therefore never
   all pass a bucket that has one request left.
 * A bucket never seen (no headers yet for this route and these major parameters) lets **one**
-  request through to learn it; the others wait for its answer.
+  request through to learn it; the others wait for its answer. When another major parameter's
+  answer teaches the route's hash meanwhile, the bucket moves under the hash with that request
+  still counted in it.
 * A window's end comes from the responses (``X-RateLimit-Reset-After`` counted from when the
   answer arrives, so the local window always ends at or after Discord's; the earliest such end
   wins). When it ends, the next window grants ``limit`` minus the requests still on the wire and
   those answered from Discord's next window (an answer whose end lies more than half a window
   later): they count there. Only answers to requests of the current local window move it; a late
   answer from an older window changes nothing.
-* The global limit is a sliding log of grant times over ``global_period`` (1 s plus a margin for
-  the time between a grant and the request reaching Discord).
+* The global limit is a sliding log over ``global_period`` (1 s plus a margin for the time
+  between a grant and the request reaching Discord) of when each request was granted and, once
+  its answer is back, of when it was answered: Discord counts a request when it arrives, which
+  may be well after the grant on a loaded machine, but never after the answer. (With grant times
+  alone, two requests delayed unequally on their way let a 51st request into Discord's second.)
 * A 429 with scope ``global`` holds every route for ``retry_after``; ``user`` and ``shared`` hold
   the bucket. Every 401, 403 and 429 (except scope ``shared``) is counted in a 10-minute sliding
   window, and :meth:`acquire` refuses once the count reaches the caller's ``refuse_at``.
@@ -308,12 +313,13 @@ class _Bucket:
 
 
 class _Scope:
-    __slots__ = ("routes", "buckets", "global_log", "global_block", "invalid", "swept")
+    __slots__ = ("routes", "buckets", "global_log", "global_granted", "global_block", "invalid", "swept")
 
     def __init__(self) -> None:
         self.routes: Dict[str, str] = {}
         self.buckets: Dict[str, _Bucket] = {}
-        self.global_log: Deque[float] = deque()
+        self.global_log: Deque[float] = deque()  # grant times, moved to the answer's time on release
+        self.global_granted: Dict[str, float] = {}  # ticket id -> its entry in global_log
         self.global_block = 0.0
         self.invalid: Deque[float] = deque()
         self.swept = 0.0
@@ -376,10 +382,18 @@ class MemoryRateLimiter(RateLimiter):
                 log_ = s.global_log
                 while log_ and log_[0] <= now - global_period:
                     log_.popleft()
+                if len(s.global_granted) > 2 * global_limit + 100:  # tickets never released
+                    s.global_granted = {t: at for t, at in s.global_granted.items() if at > now - global_period}
                 if len(log_) >= global_limit:
                     global_wait = max(global_wait, log_[len(log_) - global_limit] + global_period - now)
             bid = self._bucket_id(s, route)
             b = s.buckets.get(bid)
+            if b is None and not bid.startswith("?"):
+                # The route's hash was learned (from another major's answer) while this major's
+                # first request was still out: its bucket, and that request, move to the hash.
+                b = s.buckets.pop("?" + route.key + "|" + route.major, None)
+                if b is not None:
+                    s.buckets[bid] = b
             if b is None:
                 b = s.buckets[bid] = _Bucket(now)
             b.touched = now
@@ -413,6 +427,7 @@ class MemoryRateLimiter(RateLimiter):
             b.inflight[tid] = now + lease
             if route.use_global:
                 s.global_log.append(now)
+                s.global_granted[tid] = now
             return Grant(Ticket(bid, b.gen, tid), 0.0, "", len(invalid))
 
     def release(self, scope: str, route: Route, ticket: Ticket, observation: Optional[Observation]) -> int:
@@ -420,6 +435,14 @@ class MemoryRateLimiter(RateLimiter):
             now = self._clock()
             s = self._scope(scope, now)
             try:
+                granted = s.global_granted.pop(ticket.id, None)
+                if granted is not None:
+                    try:
+                        s.global_log.remove(granted)  # (any entry of that time will do)
+                    except ValueError:
+                        pass  # it left the log already
+                    else:
+                        s.global_log.append(now)  # the log stays in order: now is the latest time
                 self._release(s, route, ticket, observation, now)
                 if observation is not None and observation.invalid:
                     s.invalid.append(now)
@@ -431,7 +454,10 @@ class MemoryRateLimiter(RateLimiter):
 
     @staticmethod
     def _release(s: _Scope, route: Route, ticket: Ticket, obs: Optional[Observation], now: float) -> None:
-        b = s.buckets.get(ticket.bucket)
+        bid = ticket.bucket
+        if bid not in s.buckets and bid.startswith("?") and route.key in s.routes:
+            bid = s.routes[route.key] + "|" + route.major  # its bucket moved to the hash meanwhile
+        b = s.buckets.get(bid)
         if b is not None:
             b.inflight.pop(ticket.id, None)
         if obs is None:
@@ -444,14 +470,14 @@ class MemoryRateLimiter(RateLimiter):
             if s.routes.get(route.key) != obs.bucket:
                 s.routes[route.key] = obs.bucket
             hashed = obs.bucket + "|" + route.major
-            if hashed != ticket.bucket:
+            if hashed != bid:
                 existing = s.buckets.get(hashed)
                 if existing is None and b is not None:
                     s.buckets[hashed] = b  # the route's first bucket of this hash: it moves
-                    del s.buckets[ticket.bucket]
+                    del s.buckets[bid]
                 else:
                     if b is not None and not b.inflight:
-                        del s.buckets[ticket.bucket]
+                        del s.buckets[bid]
                     target, foreign = existing, True
         if target is None:
             return
@@ -524,7 +550,8 @@ class MemoryRateLimiter(RateLimiter):
 # Redis
 
 # Keys, under ARGV prefix P: P:routes (hash route key -> bucket hash), P:b:<id> (hash limit,
-# remaining, reset_at, gen), P:i:<id> (zset ticket -> lease expiry), P:global (zset grant times),
+# remaining, reset_at, gen), P:i:<id> (zset ticket -> lease expiry), P:global (zset ticket -> grant
+# time, then answer time),
 # P:gblock (string, expires when the global 429 ends), P:invalid (zset). Times are the Redis
 # server's clock in ms, so hosts need not agree on the time. The logic is MemoryRateLimiter's,
 # line for line; tests/test_rest_limiter.py runs one suite against both.
@@ -578,6 +605,16 @@ if use_global then
 end
 local known = redis.call('HGET', P .. ':routes', route)
 local id = (known or ('?' .. route)) .. '|' .. major
+if known and redis.call('EXISTS', P .. ':b:' .. id) == 0 then
+  -- the hash was learned while this major's first request was out: its bucket moves to the hash
+  local unknown = '?' .. route .. '|' .. major
+  if redis.call('EXISTS', P .. ':b:' .. unknown) == 1 then
+    redis.call('RENAME', P .. ':b:' .. unknown, P .. ':b:' .. id)
+    if redis.call('EXISTS', P .. ':i:' .. unknown) == 1 then
+      redis.call('RENAME', P .. ':i:' .. unknown, P .. ':i:' .. id)
+    end
+  end
+end
 local b = load(id)
 local bwait, reason = 0, 'bucket'
 if b.limit < 0 then
@@ -626,8 +663,13 @@ local status = tonumber(ARGV[8])
 local hash = ARGV[9]
 local hl, hr, ra = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local retry_after, scope, invalid_hit = tonumber(ARGV[13]), ARGV[14], ARGV[15] == '1'
+if string.sub(bid, 1, 1) == '?' and redis.call('EXISTS', P .. ':b:' .. bid) == 0 then
+  local known = redis.call('HGET', P .. ':routes', route)
+  if known then bid = known .. '|' .. major end  -- its bucket moved to the hash meanwhile
+end
 local exists = redis.call('EXISTS', P .. ':b:' .. bid) == 1
 redis.call('ZREM', P .. ':i:' .. bid, tid)
+redis.call('ZADD', P .. ':global', 'XX', now, tid)  -- counted from its answer now, if still in the log
 if has_obs then
   local target_id, foreign = bid, false
   if hash ~= '' then
