@@ -73,12 +73,19 @@ def test_a_stuck_handler_behind_a_long_burst_does_not_stop_the_reader(gateway, m
     after them is still read at once, and the client moves to a new socket."""
     from sync_gateway import dispatch as dispatch_mod
 
-    release = threading.Event()
+    release, stuck = threading.Event(), threading.Event()
     client, rec = started(make_client)
-    client.on("MESSAGE_CREATE", lambda e: release.wait(30))
+
+    def handler(event):
+        stuck.set()
+        release.wait(30)
+
+    client.on("MESSAGE_CREATE", handler)
     conn = gateway.connection_for()
     burst = 4 * dispatch_mod.PACE_BACKLOG
     try:
+        gateway.dispatch("MESSAGE_CREATE", {"i": -1})
+        assert stuck.wait(10)  # the handler holds the dispatcher: what comes next queues up
         gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(burst)])
         assert wait_until(lambda: client.load()["dispatch_backlog"] > dispatch_mod.PACE_BACKLOG, 10)
         gateway.dispatch_many("MESSAGE_CREATE", [{"i": i} for i in range(burst, 2 * burst)])  # read paced
@@ -87,7 +94,7 @@ def test_a_stuck_handler_behind_a_long_burst_does_not_stop_the_reader(gateway, m
         assert client.load()["reader_paced"] >= 1
     finally:
         release.set()
-    rec.wait_events("MESSAGE_CREATE", 2 * burst, timeout=30)
+    rec.wait_events("MESSAGE_CREATE", 2 * burst + 1, timeout=30)
 
 
 def test_hello_without_interval_reconnects(gateway, make_client):
