@@ -304,8 +304,10 @@ def test_tail_metrics_port_serves_the_client_metrics(gateway, unused_port):
         def resumed():
             after.update(scrape(url))
             key = frozenset({("shard", "0"), ("reason", "op7_reconnect")})
+            ready = frozenset({("shard", "0"), ("state", "ready")})
+            # resumes_total counts RESUMEs sent: wait for RESUMED (state ready) as well
             return after["sync_gateway_resumes_total"].get(frozenset({("shard", "0")})) == 1 and (
-                after["sync_gateway_disconnects_total"].get(key) == 1
+                after["sync_gateway_disconnects_total"].get(key) == 1 and after["sync_gateway_state"].get(ready) == 1
             )
 
         assert wait_until(resumed, 60, step=0.05), dict(after)
