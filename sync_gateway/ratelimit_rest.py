@@ -354,8 +354,10 @@ class MemoryRateLimiter(RateLimiter):
         return s
 
     @staticmethod
-    def _bucket_id(s: _Scope, route: Route) -> str:
-        known = s.routes.get(route.key)
+    def _bucket_id(s: _Scope, route: Route, *, unknown: bool = False) -> str:
+        """The id of *route*'s bucket: under its hash once known, else (or with *unknown*) the
+        id it had while the hash was not known."""
+        known = None if unknown else s.routes.get(route.key)
         return (known if known is not None else "?" + route.key) + "|" + route.major
 
     def acquire(
@@ -391,7 +393,7 @@ class MemoryRateLimiter(RateLimiter):
             if b is None and not bid.startswith("?"):
                 # The route's hash was learned (from another major's answer) while this major's
                 # first request was still out: its bucket, and that request, move to the hash.
-                b = s.buckets.pop("?" + route.key + "|" + route.major, None)
+                b = s.buckets.pop(self._bucket_id(s, route, unknown=True), None)
                 if b is not None:
                     s.buckets[bid] = b
             if b is None:
@@ -455,8 +457,8 @@ class MemoryRateLimiter(RateLimiter):
     @staticmethod
     def _release(s: _Scope, route: Route, ticket: Ticket, obs: Optional[Observation], now: float) -> None:
         bid = ticket.bucket
-        if bid not in s.buckets and bid.startswith("?") and route.key in s.routes:
-            bid = s.routes[route.key] + "|" + route.major  # its bucket moved to the hash meanwhile
+        if bid not in s.buckets and bid.startswith("?"):
+            bid = MemoryRateLimiter._bucket_id(s, route)  # its bucket moved to the hash meanwhile
         b = s.buckets.get(bid)
         if b is not None:
             b.inflight.pop(ticket.id, None)

@@ -899,30 +899,6 @@ PAYLOAD = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(PAYLOAD, max_size=30), st.integers(0, 2))
-def test_frames_batch_is_the_same_as_frame_by_frame(payloads, stale_offset):
-    """The batch fast path changes nothing but speed: same actions, same state."""
-
-    def ready_machine():
-        m = p.ShardMachine(BOOT, rng=random.Random(3), backoff=lambda n: 1.0)
-        m.start(0.0)
-        m.opened(1, 0.0)
-        m.frame(1, {"op": 10, "d": {"heartbeat_interval": 1000}}, 0.0)
-        m.frame(1, {"op": 0, "t": "READY", "s": 1, "d": {"session_id": "s", "resume_gateway_url": RESUME_URL}}, 0.0)
-        return m
-
-    epoch = 1 + stale_offset
-    a, b = ready_machine(), ready_machine()
-    one_by_one = []
-    for payload in payloads:
-        one_by_one += a.frame(epoch, payload, 1.0)
-    batched = b.frames(epoch, payloads, 1.0)
-    assert batched == one_by_one
-    assert a.status() == b.status()
-    assert a.session == b.session
-
-
 def _ready_machine():
     m = p.ShardMachine(BOOT, rng=random.Random(3), backoff=lambda n: 1.0)
     m.start(0.0)
@@ -930,6 +906,21 @@ def _ready_machine():
     m.frame(1, {"op": 10, "d": {"heartbeat_interval": 1000}}, 0.0)
     m.frame(1, {"op": 0, "t": "READY", "s": 1, "d": {"session_id": "s", "resume_gateway_url": RESUME_URL}}, 0.0)
     return m
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PAYLOAD, max_size=30), st.integers(0, 2))
+def test_frames_batch_is_the_same_as_frame_by_frame(payloads, stale_offset):
+    """The batch fast path changes nothing but speed: same actions, same state."""
+    epoch = 1 + stale_offset
+    a, b = _ready_machine(), _ready_machine()
+    one_by_one = []
+    for payload in payloads:
+        one_by_one += a.frame(epoch, payload, 1.0)
+    batched = b.frames(epoch, payloads, 1.0)
+    assert batched == one_by_one
+    assert a.status() == b.status()
+    assert a.session == b.session
 
 
 _KEY_ORDERS = [("t", "s", "op", "d"), ("op", "t", "s", "d"), ("op", "d", "s", "t"), ("d", "op")]

@@ -410,9 +410,7 @@ class ServerConnection:
         """Send one payload given as its JSON text, exactly as given (valid JSON or not), framed
         and compressed like every payload of this connection: a corrupt payload in an intact
         compressed stream."""
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        with self._write_lock:
-            return self._write(self._encode_payload(data))
+        return self._send_encoded([text.encode("utf-8") if isinstance(text, str) else bytes(text)])
 
     def send_bytes(self, data: bytes) -> bool:
         """Write ``data`` to the connection as it is: no framing, no compression (one TLS record over
