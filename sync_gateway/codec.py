@@ -29,6 +29,8 @@ __all__ = [
     "check_compress",
     "loads",
     "dispatch_head",
+    "cut_dispatch",
+    "dispatch_text",
     "dispatch_data",
 ]
 
@@ -333,18 +335,18 @@ class Decoder:
             return self._inflate_zstd(data)
         raise DecodeError("binary frame on a connection without compression")
 
-    def inflate_many(
-        self, messages: List[Tuple[Any, bool]]
-    ) -> Tuple[List[Union[bytes, bytearray, str, "DecodeError"]], Optional["CompressionError"]]:
+    def inflate_many(self, messages: List[Tuple[Any, bool]]) -> Tuple[List[Any], Optional["CompressionError"]]:
         """Messages of this socket, in order -> (their JSON texts, not parsed, with a DecodeError in
         the place of a message that cannot be one; the CompressionError that ended the stream, if
-        one did). The texts before a corrupt message are still returned: they were fine.
+        one did). The texts before a corrupt message are still returned: they were fine. A burst of
+        plain dispatches comes already cut (:func:`_cut_burst`): a :data:`Cut` in each place, the
+        same payload as its text (:func:`dispatch_text` gives the text back byte for byte).
 
         Parsing is left to whoever reads the payload (see :func:`dispatch_head`): an event is
         parsed on the dispatcher thread, where its handlers run and its objects are freed, not on
         the reader thread; objects made on one core and used and freed on another cost more than
         the parsing itself."""
-        out: List[Union[bytes, bytearray, str, DecodeError]] = []
+        out: List[Any] = []
         if (
             len(messages) > 1
             and self._inflate is not None
@@ -354,16 +356,16 @@ class Decoder:
             # A burst of whole zlib-stream messages: ONE inflate call for all of them. Each call
             # releases the GIL, and with several shards in one process a release per event was a
             # thread switch per event. The texts are cut apart where one payload ends and the next
-            # begins (_split_objects); when that is not unambiguous, the burst is inflated again
+            # begins (_cut_burst); when that is not unambiguous, the burst is inflated again
             # message by message from a copy of the context taken before.
             zobj = self._inflate
             snapshot = zobj.copy()
             try:
                 joined = zobj.decompress(b"".join([data for data, _ in messages]), MAX_INFLATED_BYTES)
                 if not zobj.unconsumed_tail:
-                    texts = _split_objects(joined, len(messages))
-                    if texts is not None:
-                        return cast(List[Union[bytes, bytearray, str, DecodeError]], texts), None
+                    cut = _cut_burst(joined, len(messages))
+                    if cut is not None:
+                        return cut, None
             except zlib.error:
                 pass
             self._inflate = snapshot
@@ -396,50 +398,102 @@ class Decoder:
 # The head of a dispatch, up to its "d": as Discord sends it ({"t":"NAME","s":SEQ,"op":0,"d":...})
 # and as its documentation writes it ({"op":0,"t":"NAME","s":SEQ,"d":...}). Inside a JSON string a
 # quote is always escaped, so these bytes at the start of a message are the payload's own keys.
-_HEAD_T_FIRST = re.compile(rb'\{"t":"([A-Z0-9_]{1,100})","s":(0|[1-9][0-9]{0,17}),"op":0,"d":').match
-_HEAD_OP_FIRST = re.compile(rb'\{"op":0,"t":"([A-Z0-9_]{1,100})","s":(0|[1-9][0-9]{0,17}),"d":').match
+_NAME = rb'"([A-Z0-9_]{1,100})"'
+_SEQ = rb"(0|[1-9][0-9]{0,17})"  # as json writes an int: int() and %d give the same bytes back
+_HEAD_T_FIRST = re.compile(rb'\{"t":' + _NAME + rb',"s":' + _SEQ + rb',"op":0,"d":').match
+_HEAD_OP_FIRST = re.compile(rb'\{"op":0,"t":' + _NAME + rb',"s":' + _SEQ + rb',"d":').match
+#: Where one dispatch of a burst ends and the next begins, with the next one's head (_cut_burst).
+_HEAD_SEAM = re.compile(rb'\}\{"t":' + _NAME + rb',"s":' + _SEQ + rb',"op":0,"d":')
 _EVENT_NAMES: Dict[bytes, str] = {}  # one str per event name, not one per event
+
+#: A dispatch cut at its head: (the JSON text of its "d", its name, its seq). The text of the whole
+#: payload is ``{"t":NAME,"s":SEQ,"op":0,"d":`` + that + ``}`` (:func:`dispatch_text`).
+Cut = Tuple[Union[bytes, bytearray], str, int]
+
+
+def _event_name(name_bytes: bytes) -> str:
+    name = _EVENT_NAMES.get(name_bytes)
+    if name is None:
+        name = name_bytes.decode("ascii")
+        if len(_EVENT_NAMES) < 1000:  # Discord has about a hundred; a hostile peer gets no more room
+            _EVENT_NAMES[bytes(name_bytes)] = name
+    return name
 
 
 def dispatch_head(raw: Any) -> Optional[Tuple[str, int, int]]:
     """(event name, seq, where the value of "d" starts) of a dispatch's JSON text whose keys come
     in one of the two usual orders with "d" last; None for anything else (other payloads, other
-    orders, text that is not bytes), which is then parsed whole. Reads the head only: the rest is
-    parsed by :func:`dispatch_data` where the event is handled."""
+    orders, text that is not bytes), which is then parsed whole. Reads the head only."""
     if raw.__class__ is not bytes and raw.__class__ is not bytearray:
         return None
     m = _HEAD_T_FIRST(raw) or _HEAD_OP_FIRST(raw)
     if m is None:
         return None
     name_bytes, seq = m.groups()
-    name = _EVENT_NAMES.get(name_bytes)
-    if name is None:
-        name = name_bytes.decode("ascii")
-        if len(_EVENT_NAMES) < 1000:  # Discord has about a hundred; a hostile peer gets no more room
-            _EVENT_NAMES[bytes(name_bytes)] = name
-    return name, int(seq), m.end()
+    return _event_name(name_bytes), int(seq), m.end()
 
 
-def dispatch_data(raw: Union[bytes, bytearray], start: int, name: str, seq: int) -> Any:
-    """The value of "d" of a dispatch whose head (:func:`dispatch_head`) gave *name*, *seq* and
-    *start*; DecodeError if the text is not valid JSON or its keys say otherwise than its head
-    (a key given twice). Parses from *start* only, and the whole payload when the value is not
-    simply followed by the closing brace."""
+def cut_dispatch(raw: Any) -> Optional[Cut]:
+    """The :data:`Cut` of a dispatch's JSON text (:func:`dispatch_head`, ending in the brace that
+    closes the payload); None for anything else, which is then parsed whole."""
+    head = dispatch_head(raw)
+    if head is None or raw[-1:] != b"}":
+        return None
+    name, seq, start = head
+    return raw[start:-1], name, seq
+
+
+def _cut_burst(joined: bytes, count: int) -> Optional[List[Any]]:
+    """*joined*, the texts of *count* payloads one after the other, cut into them: into their
+    :data:`Cut` s in one pass when every one is a dispatch as Discord writes it, else into their
+    texts (:func:`_split_objects`); None unless the cut is unambiguous (then the caller inflates
+    message by message).
+
+    Every seam of a burst of Discord's dispatches reads ``}{"t":"NAME","s":SEQ,"op":0,"d":``, and
+    (see _split_objects) outside a string valid JSON never holds ``}{``, while inside one the
+    quote after it would end the string: when the text holds exactly count - 1 such seams and
+    starts with such a head, each seam is where a payload ends, and one ``re.split`` yields every
+    name, seq and "d" text at once (no per-message head to read on the supervisor)."""
+    parts = _HEAD_SEAM.split(joined)
+    if len(parts) == 3 * count - 2 and joined[-1:] == b"}":
+        m = _HEAD_T_FIRST(parts[0])
+        if m is not None:
+            first, rest = parts[0], parts[1:]
+            rest[-1] = rest[-1][:-1]  # the last payload's closing brace (the others' went with their seams)
+            names_bytes = rest[0::3]
+            names = list(map(_EVENT_NAMES.get, names_bytes))
+            if None in names:
+                names = [_event_name(b) for b in names_bytes]
+            name0, seq0 = m.groups()
+            cuts: List[Any] = [(first[m.end() :], _event_name(name0), int(seq0))]
+            cuts += zip(rest[2::3], names, map(int, rest[1::3]))
+            return cuts
+    return _split_objects(joined, count)
+
+
+def dispatch_text(d: Union[bytes, bytearray], name: str, seq: int) -> bytes:
+    """The JSON text of the payload a :data:`Cut` was cut from (with its keys in Discord's order)."""
+    return b'{"t":"%s","s":%d,"op":0,"d":%s}' % (name.encode("ascii"), seq, d)
+
+
+def dispatch_data(d: Union[bytes, bytearray], name: str, seq: int) -> Any:
+    """The value of "d" of the dispatch cut as ``(d, name, seq)`` (:data:`Cut`); DecodeError if
+    the payload is not valid JSON or its keys say otherwise than its head (a key given twice).
+    Parses *d* alone, and the whole payload when *d* is not one JSON value (a key after "d")."""
     fn = loads
-    if raw[-1:] == b"}":
-        try:
-            if fn is _JSON_LOADS:
-                text = raw.decode("utf-8")
-                obj, end = _scan_json(text, start)
-                if end == len(text) - 1:
-                    return obj
-            elif fn is _ORJSON_LOADS:
-                return fn(memoryview(raw)[start:-1])  # no copy: orjson takes a memoryview
-            else:
-                return fn(raw[start:-1])
-        except (StopIteration, UnicodeDecodeError, ValueError, RecursionError):  # orjson's errors are ValueErrors
-            pass
-    payload = Decoder.parse(raw)
+    try:
+        if fn is _ORJSON_LOADS:
+            return fn(d)
+        if fn is _JSON_LOADS:
+            text = str(d, "utf-8")
+            obj, end = _scan_json(text, 0)
+            if end == len(text):
+                return obj
+        else:
+            return fn(d)
+    except (StopIteration, UnicodeDecodeError, ValueError, RecursionError):  # orjson's errors are ValueErrors
+        pass
+    payload = Decoder.parse(dispatch_text(d, name, seq))
     if payload.get("op") != 0 or payload.get("t") != name or payload.get("s") != seq:
         raise DecodeError(f"dispatch {name} (seq {seq}): its keys disagree with its head (a key given twice?)")
     return payload.get("d")

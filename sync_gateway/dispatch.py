@@ -312,9 +312,9 @@ class Dispatcher:
                 yield item
                 continue
             session_id, shard_id, received_at = item.session_id, item.shard_id, item.received_at
-            for raw, (name, seq, start) in item.events:
+            for d, name, seq in item.events:
                 try:
-                    data = dispatch_data(raw, start, name, seq)
+                    data = dispatch_data(d, name, seq)
                 except Exception as exc:  # a DecodeError; or whatever a replaced codec.loads raises
                     self._bad_payload(shard_id, name, seq, str(exc) if isinstance(exc, DecodeError) else repr(exc))
                     self.handled = (session_id, seq)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from ._log import get_logger
-from .codec import DecodeError, Decoder, dispatch_head
+from .codec import DecodeError, Decoder, cut_dispatch, dispatch_text
 from .errors import GatewayError
 from .values import (
     AbortSocket,
@@ -374,29 +374,32 @@ class ShardMachine:
 
     def raw_frames(self, epoch: int, raws: Sequence[Any], now: float) -> List[Action]:
         """Messages of one socket as the reader hands them over, in order: JSON texts not yet
-        parsed, or the DecodeError of one that cannot be a payload. An event whose head reads
-        plainly (:func:`~sync_gateway.codec.dispatch_head`: name, seq, "d" last) is judged by its
-        head, by :meth:`_on_dispatch` like any other, and delivered unparsed in a
-        :class:`DeliverRun` (the dispatcher parses it); READY and anything else is parsed here and
-        goes through :meth:`frame`. The actions are exactly those of :meth:`frame` for each
-        parsed payload, with consecutive events gathered in one run."""
+        parsed, dispatches the reader has already cut at their heads (:data:`~sync_gateway.codec.Cut`),
+        or the DecodeError of one that cannot be a payload. An event whose head reads plainly
+        (:func:`~sync_gateway.codec.cut_dispatch`: name, seq, "d" last) is judged by its head, by
+        :meth:`_on_dispatch` like any other, and delivered unparsed in a :class:`DeliverRun` (the
+        dispatcher parses it); READY and anything else is parsed here and goes through
+        :meth:`frame`. The actions are exactly those of :meth:`frame` for each parsed payload,
+        with consecutive events gathered in one run."""
         actions: List[Action] = []
         on_dispatch = self._on_dispatch
-        head = dispatch_head
+        cut_of = cut_dispatch
         run: Optional[DeliverRun] = None
         for raw in raws:
             s = self.sock
             if s is None or s.epoch != epoch:
                 self.stale_frames += 1
                 continue
-            h = head(raw)
-            if h is not None and h[0] != "READY":  # READY's data is read here: parsed below
-                if on_dispatch(s, h[0], h[1], None, now, actions):
-                    if run is None or actions[-1] is not run:
-                        run = DeliverRun([], self.session.session_id, self.shard_id, now)
-                        actions.append(run)
-                    run.events.append((raw, h))
-                continue
+            cut = raw if raw.__class__ is tuple else cut_of(raw)
+            if cut is not None:
+                if cut[1] != "READY":
+                    if on_dispatch(s, cut[1], cut[2], None, now, actions):
+                        if run is None or actions[-1] is not run:
+                            run = DeliverRun([], self.session.session_id, self.shard_id, now)
+                            actions.append(run)
+                        run.events.append(cut)
+                    continue
+                raw = dispatch_text(*cut)  # READY's data is read here: parsed whole, below
             if isinstance(raw, DecodeError):
                 actions += self.protocol_error(epoch, str(raw), now)
                 continue

@@ -187,14 +187,14 @@ class Deliver(NamedTuple):
 
 
 class DeliverRun(NamedTuple):
-    """Events of one socket read, in order, that the machine accepted from their heads alone
-    (:func:`sync_gateway.codec.dispatch_head`): ``(JSON text, (name, seq, where "d" starts))``
-    each, with what every one of them shares. The dispatcher parses each and delivers
+    """Events of one socket read, in order, that the machine accepted from their heads alone:
+    ``(JSON text of "d", name, seq)`` each (:data:`sync_gateway.codec.Cut`), with what every one of
+    them shares. The dispatcher parses each and delivers
     ``Dispatch(name, data, seq, shard_id, session_id, received_at)``, exactly what
     :class:`Deliver` would carry; parsing there keeps an event's objects on the thread that uses
     and frees them."""
 
-    events: List[Tuple[Any, Tuple[str, int, int]]]
+    events: List[Tuple[Any, str, int]]
     session_id: Optional[str]
     shard_id: int
     received_at: float

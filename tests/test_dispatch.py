@@ -75,11 +75,11 @@ def test_backlog_warning(monkeypatch, caplog):
 
 
 def _run_of(count, start=2):
-    from sync_gateway.codec import dispatch_head
+    from sync_gateway.codec import cut_dispatch
     from sync_gateway.protocol import DeliverRun
 
     texts = [b'{"t":"A","s":%d,"op":0,"d":{"n":%d}}' % (seq, seq) for seq in range(start, start + count)]
-    return DeliverRun([(t, dispatch_head(t)) for t in texts], "session", 0, 1.0)
+    return DeliverRun([cut_dispatch(t) for t in texts], "session", 0, 1.0)
 
 
 def test_backlog_counts_the_events_of_a_run_and_pace_waits_for_the_handlers_bounded(monkeypatch):
