@@ -54,9 +54,10 @@ SUPERVISOR_SEND_LOCK_TIMEOUT = 0.5
 READ_AHEAD_BYTES = 256 * 1024
 #: At most this many payloads are handed to the supervisor in one batch. Measured (tools/bench.py,
 #: 2 cores), now that a batch is texts (the dispatcher parses): 256 beat 64 by ~10 % with one
-#: shard and ~20 % with 4; the readers' pacing (Dispatcher.pace) keeps them from running far ahead
-#: of the handlers, which the smaller batches used to do.
-MAX_BATCH = 256
+#: shard and ~20 % with 4, and 512 beat 256 by ~2 % with either (10 alternating rounds; an
+#: earlier "4 shards collapse at 512" was the benchmark's own handler lock, see tools/bench.py).
+#: The readers' pacing (Dispatcher.pace) keeps them from running far ahead of the handlers.
+MAX_BATCH = 512
 
 #: A single websocket message larger than this is refused (the socket is dropped).
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024

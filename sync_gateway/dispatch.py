@@ -40,8 +40,9 @@ SLOW_HANDLER_SECONDS = 5.0
 BACKLOG_WARNING = 10_000
 #: A reader that has just handed over a batch while more events than this wait for the handlers
 #: waits (:meth:`Dispatcher.pace`) until the handlers take them, at most PACE_SECONDS per batch.
-#: Measured (tools/bench.py, 2 cores): one batch (256) beat 1,000 by ~5 % with one shard and with
-#: 4; 3,000 let 4 shards collapse again in some runs; below a batch changed nothing.
+#: Measured (tools/bench.py, 2 cores, with batches of 256): 256 beat 1,000 by ~5 % with one shard
+#: and with 4; below that changed nothing. (The "collapse" of 4 shards once seen at 3,000 was the
+#: benchmark's shared handler lock, not the backlog.) Kept at 256 with batches of 512.
 PACE_BACKLOG = 256
 PACE_SECONDS = 0.005
 

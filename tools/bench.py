@@ -20,6 +20,9 @@ What it measures, in one run:
   median of ``--runs`` rounds (default 3; ``--quick`` 1). Per row: events/s from the first to the
   last event at the handler, CPU seconds (process time from connect to the last event), peak RSS,
   OS threads at the end, and the events/s ratio to (a) and to (c).
+* **4 shards in one process** (ShardedClient, each socket carrying the whole stream, one counter per
+  shard so no handler lock is measured) against one shard, in pairs: each round runs both back to
+  back, and "x one shard" is the median of the rounds' ratios.
 * **Latency** server-send -> handler, p50/p99, at 1,000 events/s: a FakeGateway in this process puts
   ``time.perf_counter()`` into each event just before ``dispatch()`` (so the fake's own JSON and zlib
   work is inside the number).
@@ -1010,6 +1013,31 @@ def bench_throughput(server_port: int, n: int, runs: int, runners: List[str], no
     return rows
 
 
+def bench_sharded(server_port: int, n: int, runs: int, notes: List[str], log: Callable[[str], None]) -> Dict[str, Any]:
+    """4 shards in one process against one shard, in pairs: each round runs both back to back
+    (in turns first), and the ratio is the median of the rounds' ratios. Single runs vary by up
+    to 15 % on a shared machine; a pair shares most of whatever the machine was doing."""
+    url = f"ws://127.0.0.1:{server_port}/cached/{n}/"
+    rounds = []
+    for rnd in range(runs):
+        order = ["sharded", "sg-json"] if rnd % 2 == 0 else ["sg-json", "sharded"]
+        got = {}
+        for runner in order:
+            log(f"round {rnd + 1}/{runs}: {runner} zlib-stream (paired)")
+            got[runner] = run_worker(runner, url, _deadline(4 * n) + 60, notes, compress="zlib-stream", events=n)
+        rounds.append(got)
+    ratios = [r["sharded"]["events_per_s"] / r["sg-json"]["events_per_s"] for r in rounds]
+    middle = sorted(rounds, key=lambda r: r["sharded"]["events_per_s"])[len(rounds) // 2]
+    result = dict(middle["sharded"])
+    result.update(
+        vs_one_shard=_median(ratios),
+        round_ratios=ratios,
+        one_shard_events_per_s=_median([r["sg-json"]["events_per_s"] for r in rounds]),
+        runs=len(rounds),
+    )
+    return result
+
+
 def bench_fake_gateway_feed(n: int, notes: List[str]) -> Dict[str, Any]:
     """The floor reading from FakeGateway.dispatch_many instead of the raw server: how fast can the
     fake feed a client? (It encodes and compresses each event in Python.)"""
@@ -1205,7 +1233,8 @@ def render(report: Dict[str, Any]) -> str:
         f"ShardedClient, {sh['shards']} shards in one process, zlib-stream, json: {sh['events_per_s']:,.0f} events/s over "
         f"all shards ({sh['events']:,} events), {sh['cpu_s']:.2f} CPU s, peak RSS {sh['peak_rss_mb']:.1f} MB, "
         f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard; "
-        f"{_fmt(sh.get('vs_one_shard'))}x one shard's events/s ((b) json, zlib-stream, same run)",
+        f"{_fmt(sh.get('vs_one_shard'))}x one shard's events/s (median of {sh['runs']} paired round(s), one shard "
+        f"{sh['one_shard_events_per_s']:,.0f}; round ratios {', '.join(_fmt(x) for x in sh['round_ratios'])})",
     ]
     lines += [
         "",
@@ -1284,10 +1313,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
         log(f"server on port {port}; throughput with {', '.join(runners)}")
         throughput = bench_throughput(port, n, runs, runners, notes, log)
         log("4 shards in one process")
-        sharded = run_worker("sharded", f"ws://127.0.0.1:{port}/cached/{n}/", _deadline(4 * n) + 60, notes,
-                             compress="zlib-stream", events=n)
-        one = [r for r in throughput if r["runner"] == "sg-json" and r["compress"] == "zlib-stream"]
-        sharded["vs_one_shard"] = sharded["events_per_s"] / one[0]["events_per_s"] if one else None
+        sharded = bench_sharded(port, n, runs, notes, log)
         log("FakeGateway as the feeder")
         feed = bench_fake_gateway_feed(n, notes)
         log(f"RSS over {rss_events:,} events")
