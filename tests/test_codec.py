@@ -65,6 +65,35 @@ def test_zlib_stream_corrupt_data():
         d.feed(b"garbage-not-zlib\x00\x00\xff\xff", True)
 
 
+@pytest.mark.parametrize("split", [1, 2, 3])
+@pytest.mark.parametrize("level,wbits", [(6, 15), (1, 9), (9, 12)])
+def test_zlib_stream_header_whole_or_in_pieces_and_any_window(split, level, wbits):
+    """The stream's 2-byte zlib header is read off once (the rest goes to a raw inflater, which
+    computes no adler32 that zlib-stream would never check), whether the first message comes
+    whole or cut inside or right after the header, and for every window a zlib stream may use."""
+    c = zlib.compressobj(level, zlib.DEFLATED, wbits)
+    payloads = [{"op": 0, "s": i, "t": "X", "d": {"i": i, "pad": "y" * (i * 300)}} for i in range(6)]
+    bodies = [c.compress(json.dumps(p).encode()) + c.flush(zlib.Z_SYNC_FLUSH) for p in payloads]
+    whole, cut = Decoder("zlib-stream"), Decoder("zlib-stream")
+    assert cut.feed(bodies[0][:split], True) is None
+    assert cut.feed(bodies[0][split:], True) == payloads[0] == whole.feed(bodies[0], True)
+    for d in (whole, cut):
+        assert [d.feed(b, True) for b in bodies[1:]] == payloads[1:]
+
+
+def test_zlib_stream_with_a_preset_dictionary_or_a_broken_header_is_refused_as_before():
+    c = zlib.compressobj(zdict=b'{"op":0,"t":')
+    with_dict = c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH)
+    assert with_dict[1] & 0x20  # FDICT: not a plain header, left to zlib
+    with pytest.raises(CompressionError, match="corrupt zlib-stream data"):  # zlib: Z_NEED_DICT
+        Decoder("zlib-stream").feed(with_dict, True)
+    c = zlib.compressobj()
+    broken = bytearray(c.compress(b'{"op":11}') + c.flush(zlib.Z_SYNC_FLUSH))
+    broken[1] ^= 1
+    with pytest.raises(CompressionError, match="header check"):
+        Decoder("zlib-stream").feed(bytes(broken), True)
+
+
 def test_zlib_stream_invalid_json_inside_is_decode_error_and_stream_survives():
     c = zlib.compressobj()
     d = Decoder("zlib-stream")
@@ -382,6 +411,8 @@ def test_inflate_many_then_parse_is_feed_message_by_message(seed):
     expected = _one_by_one(texts + [b'{"op":11}'])
     d = Decoder("zlib-stream")
     c = zlib.compressobj()
+    hello = b'{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":41250}}'
+    assert d.feed(c.compress(hello) + c.flush(zlib.Z_SYNC_FLUSH), True)["op"] == 10  # the stream's start, alone
     bodies = [(c.compress(t) + c.flush(zlib.Z_SYNC_FLUSH), True) for t in texts]
     calls = []
 
