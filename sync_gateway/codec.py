@@ -477,7 +477,7 @@ def _cut_burst(joined: bytes, count: int) -> Optional[List[Any]]:
     starts with such a head, each seam is where a payload ends, and one ``re.split`` yields every
     name, seq and "d" text at once (no per-message head to read on the supervisor)."""
     parts = _HEAD_SEAM.split(joined)
-    if len(parts) == 3 * count - 2 and joined[-1:] == b"}":
+    if count > 1 and len(parts) == 3 * count - 2 and joined[-1:] == b"}":
         m = _HEAD_T_FIRST(parts[0])
         if m is not None:
             first, rest = parts[0], parts[1:]

@@ -472,6 +472,7 @@ def test_inflate_many_cuts_a_burst_of_dispatches_at_their_heads_in_one_call():
     ]
     assert got[0][1] is got[2][1]  # one str per event name
     assert [codec.dispatch_text(*x) for x in got] == texts
+    assert codec._cut_burst(texts[1], 1) is None  # one message is no burst: inflated on its own
 
 
 def test_inflate_many_returns_the_texts_before_a_corrupt_message():
