@@ -10,10 +10,18 @@ The connection owns its one socket at every stage: TCP connect, proxy CONNECT, T
 websocket upgrade and frames are all done here on the same object, published in ``self._sock``
 before each stage starts, so :meth:`Connection.abort` can ``shutdown()`` and ``close()`` it at any
 moment (invariant 1). websocket-client lends its frame masking only; it never holds our socket.
+
+Over ``wss://`` the reader and the senders (supervisor, user threads) share one OpenSSL object, which
+must never be used by two threads at once: a concurrent SSL_read and SSL_write clobber each other's
+error state, and the reader then sees a spurious EOF ('connection lost') or EAGAIN
+(``BlockingIOError``), or the record layer breaks. So once the socket is open, TLS I/O is
+non-blocking and every call into OpenSSL is made under ``Connection._tls_lock``, which is never held
+while waiting: a thread waits for the socket outside the lock (see ``_tls_recv`` and ``_tls_send``).
 """
 import base64
 import hashlib
 import os
+import select
 import socket
 import ssl
 import struct
@@ -96,6 +104,8 @@ class Connection:
         self._sock: Optional[socket.socket] = None
         self._lock = threading.Lock()  # guards _sock/_aborted between the reader and abort()
         self._send_lock = threading.Lock()
+        #: Over TLS, once open: held around every call into the SSL object (never while waiting)
+        self._tls_lock: Optional[threading.Lock] = None
         self._aborted = False
         self._close_sent: Optional[int] = None
         self.error_hint: Optional[str] = None
@@ -153,7 +163,7 @@ class Connection:
         """
         self._read_timeout = seconds
         sock = self._sock
-        if sock is not None:
+        if sock is not None and self._tls_lock is None:  # a TLS reader waits by itself (_tls_recv)
             try:
                 sock.settimeout(seconds)
             except OSError:
@@ -226,6 +236,11 @@ class Connection:
         self._initial = _upgrade(sock, parts, host, port, secure)
         if self._aborted:
             raise _Aborted()
+        if secure:
+            # From here on the reader and the senders share the SSL object: non-blocking calls, one
+            # thread at a time (see the module docstring). Nothing else runs on it yet.
+            sock.setblocking(False)
+            self._tls_lock = threading.Lock()
 
     def _tcp_connect(self, host: str, port: int) -> socket.socket:
         infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
@@ -255,7 +270,52 @@ class Connection:
         sock = self._sock
         if sock is None:
             raise ConnectionError(f"socket e{self.epoch} is closed")
-        sock.sendall(encode_frame(opcode, payload))
+        if self._tls_lock is None:
+            sock.sendall(encode_frame(opcode, payload))
+        else:
+            self._tls_send(sock, encode_frame(opcode, payload))
+
+    def _tls_send(self, sock: socket.socket, data: bytes) -> None:
+        """``sendall`` over TLS: each SSL_write under the TLS lock, the wait for room outside it.
+        Gives up like a blocking send would, after the read timeout without progress."""
+        lock = self._tls_lock
+        assert lock is not None
+        view = memoryview(data)
+        deadline = time.monotonic() + self._read_timeout
+        while view:
+            with lock:
+                try:
+                    n = sock.send(view)  # an SSL_write is retried with the same bytes, as OpenSSL wants
+                    want_write = True
+                except ssl.SSLWantWriteError:
+                    n, want_write = 0, True
+                except ssl.SSLWantReadError:
+                    n, want_write = 0, False
+            if n:
+                view = view[n:]
+                deadline = time.monotonic() + self._read_timeout
+                continue
+            if not _wait_io(sock, want_write, deadline - time.monotonic()):
+                raise socket.timeout("the write operation timed out")
+
+    def _tls_recv(self, n: int) -> bytes:
+        """``recv`` over TLS: SSL_read under the TLS lock, the wait for bytes outside it. Raises
+        ``socket.timeout`` when the read timeout has passed since the last byte arrived."""
+        sock = self._sock
+        lock = self._tls_lock
+        if sock is None or lock is None:
+            raise ConnectionError(f"socket e{self.epoch} is closed")
+        while True:
+            with lock:
+                try:
+                    return sock.recv(n)
+                except ssl.SSLWantReadError:
+                    want_write = False
+                except ssl.SSLWantWriteError:
+                    want_write = True
+            remaining = self._read_timeout - (time.monotonic() - self._last_rx)
+            if not _wait_io(sock, want_write, remaining):
+                raise socket.timeout("the read operation timed out")
 
     def _read_loop(self) -> Tuple[Optional[int], str]:
         """Read frames until the peer's close frame (returned) or an error (raised).
@@ -361,15 +421,41 @@ class Connection:
 
 
 def _hard_close(sock: socket.socket) -> None:
-    """``shutdown(SHUT_RDWR)`` wakes a thread blocked reading it; ``close()`` frees the descriptor."""
+    """``shutdown(SHUT_RDWR)`` wakes a thread blocked reading it; ``close()`` frees the descriptor.
+
+    The TCP shutdown is socket.socket's own, also for an SSLSocket: SSLSocket.shutdown() first drops
+    its SSL object, and a send racing with it would then go out as plain ``socket.send``, unencrypted.
+    """
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        if isinstance(sock, ssl.SSLSocket):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:
+            sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     try:
         sock.close()
     except OSError:
         pass
+
+
+def _wait_io(sock: socket.socket, write: bool, timeout: float) -> bool:
+    """Wait until *sock* is readable (or writable); False when *timeout* seconds pass first.
+    poll() where there is one: select() cannot watch a descriptor over FD_SETSIZE."""
+    if timeout <= 0:
+        return False
+    fd = sock.fileno()
+    if fd < 0:
+        raise OSError(9, "the socket is closed")  # EBADF: abort() closed it
+    if _HAS_POLL:
+        poller = select.poll()
+        poller.register(fd, (select.POLLOUT if write else select.POLLIN) | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(max(1, int(timeout * 1000 + 0.999))))
+    r, w, x = select.select([] if write else [fd], [fd] if write else [], [fd], timeout)
+    return bool(r or w or x)
+
+
+_HAS_POLL = hasattr(select, "poll")
 
 
 class _Aborted(Exception):
@@ -385,7 +471,7 @@ class _FrameReader:
     timeout (the supervisor may have raised it while a shorter read was in progress).
     """
 
-    __slots__ = ("conn", "sock", "buf", "pos")
+    __slots__ = ("conn", "sock", "recv", "buf", "pos")
 
     def __init__(self, conn: "Connection", initial: bytes) -> None:
         self.conn = conn
@@ -395,7 +481,10 @@ class _FrameReader:
         self.buf = bytearray(initial)
         self.pos = 0
         conn._last_rx = time.monotonic()
-        sock.settimeout(conn._read_timeout)
+        # over TLS: non-blocking SSL_read under the TLS lock, waiting outside it (Connection._tls_recv)
+        self.recv: Callable[[int], bytes] = sock.recv if conn._tls_lock is None else conn._tls_recv
+        if conn._tls_lock is None:
+            sock.settimeout(conn._read_timeout)
 
     def complete(self) -> bool:
         """True when a whole frame is already in the buffer (next_frame() will not read)."""
@@ -458,12 +547,13 @@ class _FrameReader:
                 del buf[: self.pos]
                 self.pos = 0
             try:
-                data = self.sock.recv(max(READ_AHEAD_BYTES, need - len(buf)))
+                data = self.recv(max(READ_AHEAD_BYTES, need - len(buf)))
             except socket.timeout:
                 conn = self.conn
                 idle = time.monotonic() - conn._last_rx
                 if idle < conn._read_timeout:
-                    self.sock.settimeout(conn._read_timeout - idle)
+                    if conn._tls_lock is None:
+                        self.sock.settimeout(conn._read_timeout - idle)
                     continue
                 raise websocket.WebSocketTimeoutException("read timeout") from None
             if not data:
@@ -656,7 +746,8 @@ def _describe_error(exc: BaseException, opened: bool) -> str:
     if isinstance(exc, websocket.WebSocketTimeoutException) or isinstance(exc, socket.timeout):
         return "read timeout" if opened else "connect timeout"
     if isinstance(exc, websocket.WebSocketConnectionClosedException):
-        return "connection lost"
+        # before "opened": the peer closed during the HTTP upgrade (or the proxy's CONNECT)
+        return "connection lost" if opened else "connection lost during the handshake"
     if isinstance(exc, (HandshakeError, ProxyError)):
         return str(exc)
     if isinstance(exc, ssl.SSLCertVerificationError):

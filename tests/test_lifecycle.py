@@ -227,11 +227,10 @@ def test_reconnect_requests_coalesce(gateway, make_client):
     assert rec.kinds().count("session_lost") == 1
 
 
-# Over ws:// and wss:// only (the module's transports). Over tls+trickle, behind both test proxies,
-# CI saw a live socket end with an EOF from the peer ('connection lost') in 3 of 4 runs on
-# 2026-12-01, never reproduced locally; the cause (the client, the freezing proxy, the trickle
-# proxy or the fake) is not found yet. See the closing note of that stop; restore ALL_TRANSPORTS
-# once it is.
+# Over tls+trickle this caught a client bug: the reader's SSL_read and the supervisor's SSL_write
+# ran at once on one OpenSSL object, and the reader saw a spurious EOF ('connection lost') or
+# EAGAIN (BlockingIOError): one reconnect too many. TLS I/O is now serialised (connection.py).
+@ALL_TRANSPORTS
 def test_repeated_forced_reconnects_on_frozen_sockets_never_two_live(gateway, proxied, fast):
     proxy, make = proxied
     cfg = dataclasses.replace(fast, drain_timeout=0.3, force_close_timeout=0.2)

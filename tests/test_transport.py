@@ -392,7 +392,7 @@ def test_reader_takes_whole_plain_messages_at_once_and_leaves_everything_else_to
     a fragment, a masked frame, reserved bits, a frame not yet whole. Those go to next_frame()."""
     a, b = socket.socketpair()
     try:
-        conn = dataclasses.make_dataclass("C", ["_sock", "_read_timeout", "_last_rx"])(a, 5.0, 0.0)
+        conn = dataclasses.make_dataclass("C", ["_sock", "_read_timeout", "_last_rx", "_tls_lock"])(a, 5.0, 0.0, None)
         big = os.urandom(70_000)
         buf = (
             _server_frame(0x82, b"x" * 10)
