@@ -439,3 +439,53 @@ def test_reader_takes_whole_plain_messages_at_once_and_leaves_everything_else_to
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("upgrade", [False, True], ids=["during-upgrade", "after-upgrade"])
+def test_peer_eof_during_the_handshake_is_told_apart_from_eof_on_an_open_socket(upgrade):
+    """A peer that closes TCP before answering the upgrade ends the reader with 'connection lost
+    during the handshake'; after a 101 (the socket is open), with plain 'connection lost'."""
+    import base64
+    import hashlib
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    served = threading.Event()
+
+    def serve():
+        peer, _ = listener.accept()
+        with peer:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = peer.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            if upgrade:
+                key = next(
+                    line.split(b":", 1)[1].strip()
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")
+                )
+                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                peer.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                )
+        served.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    posts = []
+    conn = connection_mod.Connection(1, f"ws://127.0.0.1:{listener.getsockname()[1]}/", posts.append, connect_timeout=5.0)
+    try:
+        conn.start()
+        assert conn.ended.wait(10)
+        assert served.wait(10)
+        closed = [p for p in posts if p[0] == "closed"]
+        assert closed == [("closed", 1, None, "", "connection lost" if upgrade else "connection lost during the handshake")]
+        assert conn.opened.is_set() is upgrade
+    finally:
+        conn.abort()
+        conn.thread.join(5)
+        thread.join(5)
+        listener.close()
