@@ -283,12 +283,12 @@ class Connection:
         view = memoryview(data)
         deadline = time.monotonic() + self._read_timeout
         while view:
+            want_write = True
             with lock:
                 try:
                     n = sock.send(view)  # an SSL_write is retried with the same bytes, as OpenSSL wants
-                    want_write = True
                 except ssl.SSLWantWriteError:
-                    n, want_write = 0, True
+                    n = 0
                 except ssl.SSLWantReadError:
                     n, want_write = 0, False
             if n:
