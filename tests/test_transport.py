@@ -466,7 +466,7 @@ def test_peer_eof_during_the_handshake_is_told_apart_from_eof_on_an_open_socket(
                     for line in head.split(b"\r\n")
                     if line.lower().startswith(b"sec-websocket-key:")
                 )
-                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                accept = base64.b64encode(hashlib.sha1(key + connection_mod._WS_GUID).digest())
                 peer.sendall(
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
