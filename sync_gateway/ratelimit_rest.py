@@ -240,6 +240,9 @@ class Observation(NamedTuple):
     reset_after: Optional[float] = None  # seconds
     retry_after: Optional[float] = None  # on a 429
     scope: Optional[str] = None  # on a 429: "user", "global" or "shared"
+    #: X-RateLimit-Reset: when the window this request was counted in ends, in the server's epoch
+    #: seconds. Every answer of one window carries the same value, however long it took to arrive.
+    reset: Optional[float] = None
 
     @property
     def invalid(self) -> bool:
@@ -299,7 +302,7 @@ def _check_positive(name: str, value: Any) -> float:
 
 
 class _Bucket:
-    __slots__ = ("limit", "remaining", "reset_at", "gen", "inflight", "touched", "per", "carry")
+    __slots__ = ("limit", "remaining", "reset_at", "gen", "inflight", "touched", "per", "carry", "wreset")
 
     def __init__(self, now: float) -> None:
         self.limit = -1  # -1: not known yet; 0: the route sends no limit headers (unlimited)
@@ -310,6 +313,7 @@ class _Bucket:
         self.touched = now
         self.per = 0.0  # the longest Reset-After seen: about the window's length
         self.carry = 0  # answered requests that landed in Discord's next window
+        self.wreset = -1.0  # X-RateLimit-Reset of the current window's answers (-1: none seen)
 
 
 class _Scope:
@@ -413,6 +417,7 @@ class MemoryRateLimiter(RateLimiter):
                     b.remaining = max(0, b.limit - len(b.inflight) - b.carry)
                     b.reset_at = -1.0
                     b.carry = 0
+                    b.wreset = -1.0
                 if b.remaining <= 0:
                     if b.reset_at >= 0:
                         bucket_wait = b.reset_at - now
@@ -484,7 +489,7 @@ class MemoryRateLimiter(RateLimiter):
         if target is None:
             return
         target.touched = now
-        hl, hr, ra = obs.limit, obs.remaining, obs.reset_after
+        hl, hr, ra, rs = obs.limit, obs.remaining, obs.reset_after, obs.reset
         if hl is None and hr is not None:
             hl = hr + 1  # no limit header: at least what is left plus this request
         if target.limit <= 0:
@@ -494,6 +499,8 @@ class MemoryRateLimiter(RateLimiter):
                 target.remaining = max(0, min(hr, target.limit) - len(target.inflight))
                 target.reset_at = now + ra
                 target.per = max(target.per, ra)
+                if rs is not None:
+                    target.wreset = rs
             elif target.limit < 0 and 200 <= obs.status < 300 and hr is None:
                 target.limit = 0  # the route sends no limits: only the global limit applies
         elif foreign:
@@ -503,9 +510,19 @@ class MemoryRateLimiter(RateLimiter):
                 target.limit = hl
             if ra is not None:
                 target.per = max(target.per, ra)
-            if ra is not None and target.reset_at >= 0 and now + ra > target.reset_at + target.per / 2:
-                target.carry += 1  # it reached Discord after its window ended: it counts in the next one
+            # Did it reach Discord after its window ended? Then it counts in the next one. The
+            # window's absolute reset says so exactly, whatever the answers' delays; without it,
+            # ``now + ra`` a good half window past the window's end (which carries the delay of
+            # the window's earliest answer: wrong when that one was half a window late).
+            if rs is not None and target.wreset >= 0:
+                later = rs > target.wreset + target.per / 2
             else:
+                later = ra is not None and target.reset_at >= 0 and now + ra > target.reset_at + target.per / 2
+            if later:
+                target.carry += 1
+            else:
+                if rs is not None:
+                    target.wreset = rs if target.wreset < 0 else min(target.wreset, rs)
                 if hr is not None:
                     target.remaining = max(0, min(target.remaining, hr))
                 if ra is not None:
@@ -552,7 +569,7 @@ class MemoryRateLimiter(RateLimiter):
 # Redis
 
 # Keys, under ARGV prefix P: P:routes (hash route key -> bucket hash), P:b:<id> (hash limit,
-# remaining, reset_at, gen), P:i:<id> (zset ticket -> lease expiry), P:global (zset ticket -> grant
+# remaining, reset_at, gen, per, carry, and wreset with the gen it belongs to), P:i:<id> (zset ticket -> lease expiry), P:global (zset ticket -> grant
 # time, then answer time),
 # P:gblock (string, expires when the global 429 ends), P:invalid (zset). Times are the Redis
 # server's clock in ms, so hosts need not agree on the time. The logic is MemoryRateLimiter's,
@@ -568,9 +585,11 @@ local function prune_invalid()
   return redis.call('ZCARD', P .. ':invalid')
 end
 local function load(id)
-  local v = redis.call('HMGET', P .. ':b:' .. id, 'limit', 'remaining', 'reset_at', 'gen', 'per', 'carry')
+  local v = redis.call('HMGET', P .. ':b:' .. id, 'limit', 'remaining', 'reset_at', 'gen', 'per', 'carry', 'wreset', 'wgen')
   local b = {limit = num(v[1], -1), remaining = num(v[2], 0), reset_at = num(v[3], -1), gen = num(v[4], 0),
-    per = num(v[5], 0), carry = num(v[6], 0)}
+    per = num(v[5], 0), carry = num(v[6], 0), wreset = -1}
+  -- wreset counts only for the window it was seen in (an older script, mid-upgrade, never clears it)
+  if num(v[8], -1) == b.gen then b.wreset = num(v[7], -1) end
   redis.call('ZREMRANGEBYSCORE', P .. ':i:' .. id, '-inf', now)
   b.inflight = redis.call('ZCARD', P .. ':i:' .. id)
   return b
@@ -579,7 +598,8 @@ local function save(id, b)
   local k = P .. ':b:' .. id
   redis.call('HSET', k, 'limit', tostring(b.limit), 'remaining', tostring(b.remaining),
     'reset_at', string.format('%.3f', b.reset_at), 'gen', tostring(b.gen),
-    'per', string.format('%.3f', b.per), 'carry', tostring(b.carry))
+    'per', string.format('%.3f', b.per), 'carry', tostring(b.carry),
+    'wreset', string.format('%.3f', b.wreset), 'wgen', tostring(b.gen))
   redis.call('PEXPIRE', k, KEEP + math.max(0, math.ceil(b.reset_at - now)))
 end
 """
@@ -632,6 +652,7 @@ elseif b.limit > 0 then
     b.remaining = math.max(0, b.limit - b.inflight - b.carry)
     b.reset_at = -1
     b.carry = 0
+    b.wreset = -1
   end
   if b.remaining <= 0 then
     if b.reset_at >= 0 then
@@ -665,6 +686,7 @@ local status = tonumber(ARGV[8])
 local hash = ARGV[9]
 local hl, hr, ra = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local retry_after, scope, invalid_hit = tonumber(ARGV[13]), ARGV[14], ARGV[15] == '1'
+local rs = tonumber(ARGV[16])
 if string.sub(bid, 1, 1) == '?' and redis.call('EXISTS', P .. ':b:' .. bid) == 0 then
   local known = redis.call('HGET', P .. ':routes', route)
   if known then bid = known .. '|' .. major end  -- its bucket moved to the hash meanwhile
@@ -703,6 +725,7 @@ if has_obs then
         b.remaining = math.max(0, math.min(hr, b.limit) - b.inflight)
         b.reset_at = now + ra
         b.per = math.max(b.per, ra)
+        if rs ~= nil then b.wreset = rs end
       elseif b.limit < 0 and status >= 200 and status < 300 and hr == nil then
         b.limit = 0
       end
@@ -711,9 +734,18 @@ if has_obs then
     elseif gen == b.gen then
       if hl ~= nil and hl > 0 then b.limit = hl end
       if ra ~= nil then b.per = math.max(b.per, ra) end
-      if ra ~= nil and b.reset_at >= 0 and now + ra > b.reset_at + b.per / 2 then
+      local later
+      if rs ~= nil and b.wreset >= 0 then
+        later = rs > b.wreset + b.per / 2
+      else
+        later = ra ~= nil and b.reset_at >= 0 and now + ra > b.reset_at + b.per / 2
+      end
+      if later then
         b.carry = b.carry + 1
       else
+        if rs ~= nil then
+          if b.wreset < 0 then b.wreset = rs else b.wreset = math.min(b.wreset, rs) end
+        end
         if hr ~= nil then b.remaining = math.max(0, math.min(b.remaining, hr)) end
         if ra ~= nil then
           if b.reset_at < 0 then b.reset_at = now + ra else b.reset_at = math.min(b.reset_at, now + ra) end
@@ -892,6 +924,7 @@ class RedisRateLimiter(RateLimiter):
                     _opt(None if obs is None or obs.retry_after is None else obs.retry_after * 1000.0),
                     (obs.scope or "") if obs is not None else "",
                     "1" if obs is not None and obs.invalid else "0",
+                    _opt(None if obs is None or obs.reset is None else obs.reset * 1000.0),
                 ]
             )
         except _redis_errors() as exc:

@@ -640,6 +640,7 @@ def _observe(response: requests.Response, body: Mapping[str, Any]) -> Observatio
         reset_after=_reset_after(headers),
         retry_after=retry_after,
         scope=scope,
+        reset=_header_float(headers, "X-RateLimit-Reset"),
     )
 
 

@@ -3,6 +3,7 @@ against MemoryRateLimiter (a fake clock where time matters) and RedisRateLimiter
 redis-server on 127.0.0.1)."""
 import logging
 import threading
+import time
 import uuid
 
 import pytest
@@ -133,8 +134,8 @@ def take(limiter: RateLimiter, route: Route, *, global_limit: int = 50, refuse_a
     return limiter.acquire("bot", route, global_limit=global_limit, global_period=1.0, lease=30.0, refuse_at=refuse_at)
 
 
-def ok(limit=3, remaining=2, reset_after=10.0, bucket="h1", status=200) -> Observation:
-    return Observation(status, bucket, limit, remaining, reset_after)
+def ok(limit=3, remaining=2, reset_after=10.0, bucket="h1", status=200, reset=None) -> Observation:
+    return Observation(status, bucket, limit, remaining, reset_after, reset=reset)
 
 
 def test_an_unknown_bucket_lets_one_request_through_then_counts_before_sending(limiter):
@@ -337,6 +338,63 @@ def test_an_answer_from_discords_next_window_counts_in_ours():
     clock.now += 0.1
     got = [take(lim, MSG).ticket for _ in range(3)]
     assert [t is not None for t in got] == [True, False, False]  # 3 - a (carried) - b (on the wire)
+
+
+def _next_window_told_by_its_reset(lim, window_over):
+    """The window's first answer (the probe's) took a while, so our window's end is late; a
+    request that reached Discord in its next window answers before ours ends. By ``now +
+    Reset-After`` it looks like this window's; its X-RateLimit-Reset, one window later than the
+    probe's, says otherwise, and it counts in the next window (else that window grants one too
+    many: a 429, seen under load in CI with 0.25 s windows)."""
+    reset = 1_800_000_000.0  # Discord's clock, epoch seconds: not ours
+    probe = take(lim, MSG)
+    lim.release("bot", MSG, probe.ticket, ok(limit=3, remaining=2, reset_after=0.4, reset=reset))
+    a, b = take(lim, MSG).ticket, take(lim, MSG).ticket
+    assert a and b
+    lim.release("bot", MSG, a, ok(limit=3, remaining=2, reset_after=0.4, reset=reset + 0.4))
+    window_over()
+    got = [take(lim, MSG).ticket for _ in range(3)]
+    assert [t is not None for t in got] == [True, False, False]  # 3 - a (carried) - b (on the wire)
+
+
+def test_an_answer_whose_reset_is_a_window_later_counts_in_the_next_one():
+    lim, clock = memory()
+
+    def window_over():
+        clock.now += 0.4
+
+    _next_window_told_by_its_reset(lim, window_over)
+
+
+def test_redis_tells_the_next_window_by_its_reset(redis_url):
+    from sync_gateway import RedisRateLimiter
+
+    lim = RedisRateLimiter(redis_url, key_prefix=f"t{uuid.uuid4().hex[:10]}")
+
+    def window_over():  # the Redis script keeps the server's time: wait (bounded) for the window's end
+        deadline = time.monotonic() + 10.0
+        while lim.status("bot")["buckets"]["h1|channel_id=1"]["resets_in"] is not None:
+            assert time.monotonic() < deadline, lim.status("bot")
+            threading.Event().wait(0.02)
+
+    try:
+        _next_window_told_by_its_reset(lim, window_over)
+    finally:
+        lim.close()
+
+
+def test_a_late_answer_with_this_windows_reset_is_not_carried():
+    lim, clock = memory()
+    probe = take(lim, MSG)
+    lim.release("bot", MSG, probe.ticket, ok(limit=3, remaining=2, reset_after=1.0, reset=5000.0))
+    a, b = take(lim, MSG).ticket, take(lim, MSG).ticket
+    # a was handled 0.3 s into the window and its answer took 0.6 s: now + Reset-After is 0.6 s past
+    # the window's end, but its Reset is the window's own. It counted in this window, not the next.
+    clock.now += 0.9
+    lim.release("bot", MSG, a, ok(limit=3, remaining=1, reset_after=0.7, reset=5000.0))
+    clock.now += 0.1
+    got = [take(lim, MSG).ticket for _ in range(3)]
+    assert [t is not None for t in got] == [True, True, False]  # 3 - b (on the wire)
 
 
 def test_the_global_log_slides():
