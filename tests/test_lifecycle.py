@@ -85,11 +85,13 @@ def test_close_during_backoff_returns_at_once(gateway, make_client, caplog):
     client.start()
     rec.wait_kind("reconnecting", timeout=10)
     with caplog.at_level(logging.WARNING, logger="sync_gateway"):
+        caplog.clear()  # what close() logs, whatever log level the run writes to its log file
         started = time.monotonic()
         client.close(timeout=5)
         assert time.monotonic() - started < 2.0
+        warned = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("sync_gateway.")]
     assert len(gateway.connections) == 1
-    assert not [r for r in caplog.records if r.name.startswith("sync_gateway.") and not r.name.startswith("sync_gateway.testing")]
+    assert not [r for r in warned if not r.name.startswith("sync_gateway.testing")]
 
 
 def test_hello_never_arrives(gateway, make_client):
