@@ -77,6 +77,8 @@ def test_bench_json_has_every_row(report):
             if (runner, compress) in rows:
                 _positive(rows[(runner, compress)]["vs_limit"], f"{runner} {compress} vs_limit")
     _positive(sharded["vs_one_shard"], "sharded vs_one_shard")
+    _positive(sharded["two_processes_vs_one_shard"], "sharded two_processes_vs_one_shard")
+    _positive(sharded["two_processes_events_per_s"], "sharded two_processes_events_per_s")
     ish = report["idle_shards"]
     assert ish["added_shards"] == 3 and ish["threads_per_added_shard"] == 3  # supervisor, reader, dispatcher
     assert math.isfinite(ish["rss_per_added_shard_mb"]) and ish["rss_one_shard_mb"] > 0

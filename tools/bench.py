@@ -679,24 +679,28 @@ def run_sync_gateway(url: str, compress: Optional[str], n: int, loads_name: str)
     return result
 
 
-def run_sharded(url: str, compress: Optional[str], n: int, shards: int = 4) -> Dict[str, Any]:
-    """ShardedClient with *shards* shards in this process, each on its own socket of the same
-    stream (the server sends every socket the n events): events/s over all shards and threads."""
+def run_sharded(url: str, compress: Optional[str], n: int, shards: int = 4, shard_ids: Optional[List[int]] = None) -> Dict[str, Any]:
+    """ShardedClient with *shards* shards (or *shard_ids* of them) in this process, each on its
+    own socket of the same stream (the server sends every socket the n events): events/s over
+    this process's shards and threads. ``first_at``/``last_at`` are ``time.perf_counter()``
+    readings (the system-wide monotonic clock), so the parent can join several processes."""
     from sync_gateway import MemoryIdentifyGate, ShardedClient, codec
 
     codec.loads = json.loads
+    ids = list(range(shards)) if shard_ids is None else shard_ids
     # One counter per shard, each hit by its shard's dispatcher thread alone: a shared counter
     # needs a lock, and four threads taking turns on one lock under the GIL measured the lock.
-    counters = [Counter(n) for _ in range(shards)]
+    counters = {i: Counter(n) for i in ids}
     client = ShardedClient(
         TOKEN,
         gateway_url=url,
         shard_count=shards,
+        shard_ids=ids,
         max_concurrency=shards,
         compress=compress,
         identify_gate=MemoryIdentifyGate(interval=0.0, margin=0.0),
     )
-    hits = [c.hit for c in counters]
+    hits = {i: c.hit for i, c in counters.items()}
 
     def handler(event: Any) -> None:  # shards call it from their own dispatcher threads
         if event.name == "MESSAGE_CREATE":
@@ -705,23 +709,27 @@ def run_sharded(url: str, compress: Optional[str], n: int, shards: int = 4) -> D
     client.on("*", handler)
     cpu0 = time.process_time()
     client.start()
+    total = n * len(ids)
     try:
-        deadline = time.monotonic() + _deadline(n * shards)
-        for c in counters:
+        deadline = time.monotonic() + _deadline(total)
+        for c in counters.values():
             if not c.done.wait(max(0.0, deadline - time.monotonic())):
-                raise SystemExit(f"only {sum(c.count for c in counters)} of {n * shards} events arrived")
+                raise SystemExit(f"only {sum(c.count for c in counters.values())} of {total} events arrived")
         threads = sum(1 for t in threading.enumerate() if t.name.startswith("sync_gateway-"))
-        result = counters[0].result(cpu0)
+        result = counters[ids[0]].result(cpu0)
     finally:
         client.close()
-    span = max(c.last for c in counters) - min(c.first for c in counters)
+    first = min(c.first for c in counters.values())
+    last = max(c.last for c in counters.values())
     result.update(
-        events=n * shards,
-        first_to_last_s=span,
-        events_per_s=(n * shards - 1) / span,
-        shards=shards,
+        events=total,
+        first_to_last_s=last - first,
+        events_per_s=(total - 1) / (last - first),
+        first_at=first,
+        last_at=last,
+        shards=len(ids),
         sync_gateway_threads=threads,
-        threads_per_shard=threads / shards,
+        threads_per_shard=threads / len(ids),
     )
     return result
 
@@ -882,6 +890,7 @@ def worker_main(argv: List[str]) -> None:
     p.add_argument("--events", type=int, default=0)
     p.add_argument("--warmup", type=int, default=0)
     p.add_argument("--seconds", type=float, default=0.0)
+    p.add_argument("--shard-ids", default="", help="sharded: this process's shards of 4, like 0,1")
     a = p.parse_args(argv)
     compress = None if a.compress == "none" else a.compress
     if a.runner.startswith("limit-"):
@@ -895,7 +904,8 @@ def worker_main(argv: List[str]) -> None:
     elif a.runner == "discord.py":
         result = run_discord_py(a.url, compress, a.events)
     elif a.runner == "sharded":
-        result = run_sharded(a.url, compress, a.events)
+        ids = [int(x) for x in a.shard_ids.split(",")] if a.shard_ids else None
+        result = run_sharded(a.url, compress, a.events, shard_ids=ids)
     elif a.runner == "idle":
         result = run_idle(a.url, a.seconds)
     elif a.runner == "idle-shards":
@@ -1017,26 +1027,50 @@ def bench_throughput(server_port: int, n: int, runs: int, runners: List[str], no
     return rows
 
 
+def run_two_processes(url: str, n: int, notes: List[str]) -> Dict[str, Any]:
+    """The same 4 shards split over two processes (shards 0-1 and 2-3, started together): events/s
+    over both, from the first event either saw to the last."""
+    procs = [_start_worker("sharded", url, compress="zlib-stream", events=n, **{"shard-ids": ids}) for ids in ("0,1", "2,3")]
+    try:
+        parts = [_finish_worker(p, _deadline(2 * n) + 60, f"sharded (2 processes, shards {ids})", notes) for p, ids in zip(procs, ("0,1", "2,3"))]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    span = max(r["last_at"] for r in parts) - min(r["first_at"] for r in parts)
+    events = sum(r["events"] for r in parts)
+    return {"events": events, "events_per_s": (events - 1) / span, "cpu_s": sum(r["cpu_s"] for r in parts)}
+
+
 def bench_sharded(server_port: int, n: int, runs: int, notes: List[str], log: Callable[[str], None]) -> Dict[str, Any]:
-    """4 shards in one process against one shard, in pairs: each round runs both back to back
-    (in turns first), and the ratio is the median of the rounds' ratios. Single runs vary by up
-    to 15 % on a shared machine; a pair shares most of whatever the machine was doing."""
+    """4 shards in one process, and in two processes, against one shard, in rounds: each round
+    runs the three back to back (in turns first), and each ratio is the median of the rounds'
+    ratios. Single runs vary by up to 15 % on a shared machine; a round shares most of whatever
+    the machine was doing."""
     url = f"ws://127.0.0.1:{server_port}/cached/{n}/"
+    kinds = ["sharded", "sg-json", "two-processes"]
     rounds = []
     for rnd in range(runs):
-        order = ["sharded", "sg-json"] if rnd % 2 == 0 else ["sg-json", "sharded"]
+        order = kinds[rnd % len(kinds):] + kinds[: rnd % len(kinds)]
         got = {}
-        for runner in order:
-            log(f"round {rnd + 1}/{runs}: {runner} zlib-stream (paired)")
-            got[runner] = run_worker(runner, url, _deadline(4 * n) + 60, notes, compress="zlib-stream", events=n)
+        for kind in order:
+            log(f"round {rnd + 1}/{runs}: {kind} zlib-stream")
+            if kind == "two-processes":
+                got[kind] = run_two_processes(url, n, notes)
+            else:
+                got[kind] = run_worker(kind, url, _deadline(4 * n) + 60, notes, compress="zlib-stream", events=n)
         rounds.append(got)
     ratios = [r["sharded"]["events_per_s"] / r["sg-json"]["events_per_s"] for r in rounds]
+    two = [r["two-processes"]["events_per_s"] / r["sg-json"]["events_per_s"] for r in rounds]
     middle = sorted(rounds, key=lambda r: r["sharded"]["events_per_s"])[len(rounds) // 2]
     result = dict(middle["sharded"])
     result.update(
         vs_one_shard=_median(ratios),
         round_ratios=ratios,
         one_shard_events_per_s=_median([r["sg-json"]["events_per_s"] for r in rounds]),
+        two_processes_events_per_s=_median([r["two-processes"]["events_per_s"] for r in rounds]),
+        two_processes_vs_one_shard=_median(two),
         runs=len(rounds),
     )
     return result
@@ -1239,6 +1273,8 @@ def render(report: Dict[str, Any]) -> str:
         f"{sh['sync_gateway_threads']} client threads = {sh['threads_per_shard']:g} per shard; "
         f"{_fmt(sh.get('vs_one_shard'))}x one shard's events/s (median of {sh['runs']} paired round(s), one shard "
         f"{sh['one_shard_events_per_s']:,.0f}; round ratios {', '.join(_fmt(x) for x in sh['round_ratios'])})",
+        f"the same 4 shards in two processes (2 + 2): {sh['two_processes_events_per_s']:,.0f} events/s, "
+        f"{_fmt(sh['two_processes_vs_one_shard'])}x one shard (one GIL per process)",
     ]
     lines += [
         "",
