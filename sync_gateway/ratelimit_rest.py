@@ -511,9 +511,10 @@ class MemoryRateLimiter(RateLimiter):
             if ra is not None:
                 target.per = max(target.per, ra)
             # Did it reach Discord after its window ended? Then it counts in the next one. The
-            # window's absolute reset says so exactly, whatever the answers' delays; without it,
-            # ``now + ra`` a good half window past the window's end (which carries the delay of
-            # the window's earliest answer: wrong when that one was half a window late).
+            # absolute reset (X-RateLimit-Reset) says so whatever the answers' delays: one window's
+            # answers all carry the same. Without it: ``now + ra`` more than half a window past
+            # the window's end as measured, which carries the delay of the window's earliest
+            # answer and misjudges when that answer was itself half a window late.
             if rs is not None and target.wreset >= 0:
                 later = rs > target.wreset + target.per / 2
             else:
@@ -569,8 +570,8 @@ class MemoryRateLimiter(RateLimiter):
 # Redis
 
 # Keys, under ARGV prefix P: P:routes (hash route key -> bucket hash), P:b:<id> (hash limit,
-# remaining, reset_at, gen, per, carry, and wreset with the gen it belongs to), P:i:<id> (zset ticket -> lease expiry), P:global (zset ticket -> grant
-# time, then answer time),
+# remaining, reset_at, gen, per, carry, and wreset with wgen, the gen it belongs to), P:i:<id>
+# (zset ticket -> lease expiry), P:global (zset ticket -> grant time, then answer time),
 # P:gblock (string, expires when the global 429 ends), P:invalid (zset). Times are the Redis
 # server's clock in ms, so hosts need not agree on the time. The logic is MemoryRateLimiter's,
 # line for line; tests/test_rest_limiter.py runs one suite against both.

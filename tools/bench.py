@@ -22,8 +22,10 @@ What it measures, in one run:
   last event at the handler, CPU seconds (process time from connect to the last event), peak RSS,
   OS threads at the end, and the events/s ratio to (a) and to (c).
 * **4 shards in one process** (ShardedClient, each socket carrying the whole stream, one counter per
-  shard so no handler lock is measured) against one shard, in pairs: each round runs both back to
-  back, and "x one shard" is the median of the rounds' ratios.
+  shard so no handler lock is measured) against one shard, and the same 4 shards in **two
+  processes** (2 + 2, started together, counted from the first event either sees to the last),
+  in rounds: each round runs the three back to back, and each "x one shard" is the median of the
+  rounds' ratios.
 * **Latency** server-send -> handler, p50/p99, at 1,000 events/s: a FakeGateway in this process puts
   ``time.perf_counter()`` into each event just before ``dispatch()`` (so the fake's own JSON and zlib
   work is inside the number).
@@ -1030,9 +1032,13 @@ def bench_throughput(server_port: int, n: int, runs: int, runners: List[str], no
 def run_two_processes(url: str, n: int, notes: List[str]) -> Dict[str, Any]:
     """The same 4 shards split over two processes (shards 0-1 and 2-3, started together): events/s
     over both, from the first event either saw to the last."""
-    procs = [_start_worker("sharded", url, compress="zlib-stream", events=n, **{"shard-ids": ids}) for ids in ("0,1", "2,3")]
+    groups = ("0,1", "2,3")
+    procs = [_start_worker("sharded", url, compress="zlib-stream", events=n, **{"shard-ids": ids}) for ids in groups]
     try:
-        parts = [_finish_worker(p, _deadline(2 * n) + 60, f"sharded (2 processes, shards {ids})", notes) for p, ids in zip(procs, ("0,1", "2,3"))]
+        parts = [
+            _finish_worker(p, _deadline(2 * n) + 60, f"sharded (2 processes, shards {ids})", notes)
+            for p, ids in zip(procs, groups)
+        ]
     finally:
         for p in procs:
             if p.poll() is None:
