@@ -118,13 +118,34 @@ def test_bench_json_has_every_row(report):
 
 @pytest.mark.timeout(300)
 def test_bench_table_renders_every_row(report):
-    spec = importlib.util.spec_from_file_location("bench_tool", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    text = bench.render(report)
+    text = _bench_module().render(report)
     for label in ("(a) websocket-client floor", "(b) GatewayClient, json", "(c) discord.py"):
         assert label in text
     for needle in ("latency server-send -> handler", "idle connected client", "RSS growth", "op 7 -> RESUMED",
                    "reconnect(fresh=True) -> READY", "events/s", "x floor", "x d.py", "x limit",
                    "(L) decode limit, json", "each added idle shard"):
         assert needle in text
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_tool", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_notes_a_machine_whose_speed_was_not_steady():
+    """The decode-limit rows do the same work in one thread every run: their spread is the
+    machine's, and the bench says so, with the numbers, instead of printing ratios as if exact."""
+    bench = _bench_module()
+
+    def row(runner, runs, compress="zlib-stream"):
+        return {"runner": runner, "label": bench.RUNNER_LABELS[runner], "compress": compress, "runs_events_per_s": runs}
+
+    steady = [row("limit-json", [100_000.0, 105_000.0, 110_000.0]), row("sg-json", [50_000.0, 90_000.0])]
+    assert bench._unsteady_machine(steady) == []  # 10 % apart; and a client row's spread is not the machine's
+    notes = bench._unsteady_machine([row("limit-orjson", [240_000.0, 373_000.0, 250_000.0], "none")])
+    assert len(notes) == 1
+    assert "(L) decode limit, orjson (none)" in notes[0]
+    assert "240,000 to 373,000" in notes[0] and "55% apart" in notes[0]
+    assert bench._unsteady_machine([row("limit-json", [100_000.0])]) == []  # one run: no spread to judge

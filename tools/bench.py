@@ -10,6 +10,8 @@ What it measures, in one run:
   client does) and JSON-decoded from memory in one thread (``json.loads`` and ``orjson.loads``):
   no socket, no framing, no threads. Every row's "x limit" is its events/s over the limit row of its JSON
   library (the floor and discord.py against json's): how much of a client's time is not decoding.
+  These rows do the same work every run, so when their runs spread by more than 15 %, a note says
+  the machine's speed was not steady during the run (and every ratio is uncertain by as much).
 * **Throughput**: N (default 50,000; ``--quick`` 5,000) ~750-byte MESSAGE_CREATE dispatches over
   loopback, zlib-stream and uncompressed, for (a) the floor — websocket-client ``recv_data`` +
   one ``zlib.decompressobj`` (buffer until ``00 00 ff ff``) + ``json.loads``, with
@@ -1026,7 +1028,33 @@ def bench_throughput(server_port: int, n: int, runs: int, runners: List[str], no
         row["vs_limit"] = row["events_per_s"] / limit["events_per_s"] if limit else None
         d = same.get("discord.py")
         row["vs_discord_py"] = row["events_per_s"] / d["events_per_s"] if d else None
+    notes.extend(_unsteady_machine(rows))
     return rows
+
+
+#: A decode-limit row whose fastest run beat its slowest by more than this says the machine's speed
+#: was not steady during the run.
+UNSTEADY_SPREAD = 0.15
+
+
+def _unsteady_machine(rows: List[Dict[str, Any]]) -> List[str]:
+    """A note per decode-limit row whose runs spread by more than UNSTEADY_SPREAD. Those rows do
+    the same work in one thread every time, with no socket and no other thread of ours, so their
+    spread is the machine's own (other load, or its virtual CPUs slowing each other), and every
+    ratio of the run is uncertain by about as much."""
+    notes: List[str] = []
+    for row in rows:
+        runs = [x for x in row["runs_events_per_s"] if x == x and x > 0]
+        if not row["runner"].startswith("limit-") or len(runs) < 2:
+            continue
+        spread = max(runs) / min(runs) - 1
+        if spread > UNSTEADY_SPREAD:
+            notes.append(
+                f"{row['label']} ({row['compress']}) did the same work at {min(runs):,.0f} to {max(runs):,.0f} "
+                f"events/s ({spread:.0%} apart): the machine's speed was not steady in this run, so its ratios are "
+                "uncertain by about as much"
+            )
+    return notes
 
 
 def run_two_processes(url: str, n: int, notes: List[str]) -> Dict[str, Any]:
