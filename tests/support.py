@@ -1,6 +1,7 @@
 """Helpers shared by the integration tests (imported as ``support``)."""
 import dataclasses
 import functools
+import importlib.util
 import inspect
 import threading
 import time
@@ -168,3 +169,11 @@ def wait_until(predicate, timeout=5.0, step=0.01):
             return False
         pause.wait(step)
     return True
+
+
+def load_file(name, path):
+    """The Python file at *path* (a tool or an example, not a package) imported as module *name*."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """tools/bench.py runs end to end (tiny numbers) and its --json report has every row. No timing
 assertions: only the shape, and that every measured number is a positive number."""
-import importlib.util
 import json
 import math
 import os
@@ -8,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+
+from support import load_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "tools", "bench.py")
@@ -128,10 +129,7 @@ def test_bench_table_renders_every_row(report):
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_tool", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_file("bench_tool", BENCH)
 
 
 def test_bench_notes_a_machine_whose_speed_was_not_steady():

@@ -1,10 +1,9 @@
 """examples/reply_bot.py against FakeGateway + FakeRest: "!ping" and /ping both get "pong"."""
-import importlib.util
 import os
 
 import pytest
 
-from support import FAST, TOKEN, Recorder
+from support import FAST, TOKEN, Recorder, load_file
 from sync_gateway import MemoryIdentifyGate
 from sync_gateway.testing import FakeGateway
 from sync_gateway.testing.fake_rest import FakeRest
@@ -15,10 +14,7 @@ EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("reply_bot", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("reply_bot", EXAMPLE)
 
 
 def test_reply_bot_answers_ping_and_the_slash_command():

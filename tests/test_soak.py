@@ -1,9 +1,10 @@
 """A ~30 s soak in-process, through the very code of tools/soak.py: every fault of the catalogue in
 the draw, events dispatched throughout, and the invariants checked by the ledger."""
-import importlib.util
 import os
 
 import pytest
+
+from support import load_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOAK_PATH = os.path.join(os.path.dirname(HERE), "tools", "soak.py")
@@ -13,10 +14,7 @@ SEED = int(os.environ.get("SOAK_SEED", "20240611"))
 
 
 def load_soak():
-    spec = importlib.util.spec_from_file_location("soak_tool", SOAK_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("soak_tool", SOAK_PATH)
 
 
 @pytest.mark.timeout(120)
