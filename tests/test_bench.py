@@ -117,6 +117,10 @@ def test_bench_json_has_every_row(report):
     assert isinstance(report["notes"], list)
 
 
+def _bench_module():
+    return load_file("bench_tool", BENCH)
+
+
 @pytest.mark.timeout(300)
 def test_bench_table_renders_every_row(report):
     text = _bench_module().render(report)
@@ -126,10 +130,6 @@ def test_bench_table_renders_every_row(report):
                    "reconnect(fresh=True) -> READY", "events/s", "x floor", "x d.py", "x limit",
                    "(L) decode limit, json", "each added idle shard"):
         assert needle in text
-
-
-def _bench_module():
-    return load_file("bench_tool", BENCH)
 
 
 def test_bench_notes_a_machine_whose_speed_was_not_steady():
