@@ -1,10 +1,19 @@
 """Shared fixtures. Every test is checked for leaked client threads (DESIGN.md invariant 6)."""
+import signal
 import threading
 import time
 
 import pytest
 
 THREAD_PREFIX = "sync_gateway-"
+
+# A shell that starts a job in the background without job control (``cmd &`` in a script, which
+# is how some CI runners start theirs) starts it with SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler: every Ctrl-C test would wait for its timeout, and the client it could
+# not stop would pollute the tests after it. Ctrl-C must mean Ctrl-C here, and in the processes
+# the tests start (a signal with a handler is reset to its default on exec; an ignored one is not).
+if hasattr(signal, "SIGINT") and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _ours(before):

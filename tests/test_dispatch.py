@@ -164,8 +164,11 @@ def test_run_forever_ctrl_c_closes_and_reraises(gateway):
             _thread.interrupt_main()
 
     client.on_lifecycle(on_life)
-    with pytest.raises(KeyboardInterrupt):
-        client.run_forever()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.run_forever()
+    finally:
+        client.close()  # already closed when it passes; else the client must not outlive the test
     assert client.status().state == "closed"
     assert gateway.connections[0].closed.wait(5) and gateway.connections[0].client_close_code == 1000
     assert client.threads() == []
