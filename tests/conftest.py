@@ -12,7 +12,7 @@ THREAD_PREFIX = "sync_gateway-"
 # KeyboardInterrupt handler: every Ctrl-C test would wait for its timeout, and the client it could
 # not stop would pollute the tests after it. Ctrl-C must mean Ctrl-C here, and in the processes
 # the tests start (a signal with a handler is reset to its default on exec; an ignored one is not).
-if hasattr(signal, "SIGINT") and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

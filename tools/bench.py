@@ -1080,8 +1080,8 @@ def run_two_processes(url: str, n: int, notes: List[str]) -> Dict[str, Any]:
 def bench_sharded(server_port: int, n: int, runs: int, notes: List[str], log: Callable[[str], None]) -> Dict[str, Any]:
     """4 shards in one process, and in two processes, against one shard, in rounds: each round
     runs the three back to back (in turns first), and each ratio is the median of the rounds'
-    ratios. Single runs vary by up to 15 % on a shared machine; a round shares most of whatever
-    the machine was doing."""
+    ratios. Single runs vary by 15 % and more on a shared machine (see _unsteady_machine); a round
+    shares most of whatever the machine was doing."""
     url = f"ws://127.0.0.1:{server_port}/cached/{n}/"
     kinds = ["sharded", "sg-json", "two-processes"]
     rounds = []
